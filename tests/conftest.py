@@ -1,0 +1,57 @@
+"""Shared test helpers: locating the parity vectors and comparing arrays relative to their scale."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def shared_dir() -> Path:
+    """The project's ``shared/`` folder: ``$BIGAN_SHARED`` or ``../shared`` beside the checkout."""
+    return Path(os.environ.get('BIGAN_SHARED', REPO.parent / 'shared'))
+
+
+def load_parity(name):
+    """Load ``shared/parity/<name>.npz`` as (arrays, metadata); skip, or fail when CI requires it."""
+    path = shared_dir() / 'parity' / f'{name}.npz'
+    if not path.is_file():
+        message = f'parity file {path} not found (set BIGAN_SHARED to the shared/ folder)'
+        if os.environ.get('BIGAN_REQUIRE_SHARED'):
+            pytest.fail(message)
+        pytest.skip(message)
+    npz = np.load(path, allow_pickle=False)
+    arrays, meta = {}, {}
+    for key in npz.files:
+        value = npz[key]
+        if value.dtype.kind == 'U':
+            meta[key] = json.loads(value.item())
+        else:
+            arrays[key] = value
+    return arrays, meta
+
+
+def assert_close_to_scale(actual, expected, rel, floor=0.0, name=''):
+    """``max|actual - expected| <= rel * max(floor, max|expected|)``, the parity README's criterion."""
+    actual = actual.detach().cpu().numpy() if isinstance(actual, torch.Tensor) else np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f'{name}: shape {actual.shape} != expected {expected.shape}'
+    scale = max(floor, float(np.abs(expected).max()) if expected.size else 0.0)
+    err = float(np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max()) if expected.size else 0.0
+    assert err <= rel * scale, f'{name}: max abs error {err:.3g} > {rel:g} x scale {scale:.3g}'
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    # The parity vectors were made with 2 threads; keep the count fixed so results do not depend on the host.
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)

@@ -1,0 +1,176 @@
+"""Fused bias + activation + gain + clamp, with a reference path and a CUDA plugin.
+
+``bias_act(x, b, dim, act, alpha, gain, clamp)`` computes ``clamp(gain * f(x + b), -clamp, clamp)``.
+The reference path is plain torch and differentiable to any order. The CUDA path keeps one kernel per
+pass and supports first and second order gradients, which R1 and path-length regularisation need.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import custom_ops
+
+
+@dataclass(frozen=True)
+class Activation:
+    func: Callable            # reference implementation f(x, alpha)
+    def_alpha: float          # default alpha (only lrelu uses it)
+    def_gain: float           # default gain
+    cuda_idx: int             # activation code understood by the CUDA kernel
+    ref: str                  # which saved tensor the backward needs: 'x' (input), 'y' (output) or ''
+    has_2nd_grad: bool        # False for piecewise-linear functions, whose second derivative is zero
+
+
+activation_funcs = {
+    'linear':   Activation(lambda x, **_: x,                          0,   1,            1, '',  False),
+    'relu':     Activation(lambda x, **_: F.relu(x),                  0,   math.sqrt(2), 2, 'y', False),
+    'lrelu':    Activation(lambda x, alpha, **_: F.leaky_relu(x, alpha), 0.2, math.sqrt(2), 3, 'y', False),
+    'tanh':     Activation(lambda x, **_: torch.tanh(x),              0,   1,            4, 'y', True),
+    'sigmoid':  Activation(lambda x, **_: torch.sigmoid(x),           0,   1,            5, 'y', True),
+    'elu':      Activation(lambda x, **_: F.elu(x),                   0,   1,            6, 'y', True),
+    'selu':     Activation(lambda x, **_: F.selu(x),                  0,   1,            7, 'y', True),
+    'softplus': Activation(lambda x, **_: F.softplus(x),              0,   1,            8, 'y', True),
+    'swish':    Activation(lambda x, **_: torch.sigmoid(x) * x,       0,   math.sqrt(2), 9, 'x', True),
+}
+
+_plugin = None
+_plugin_tried = False
+_null_tensor = torch.empty([0])
+
+
+def _init() -> bool:
+    global _plugin, _plugin_tried
+    if not _plugin_tried:
+        _plugin_tried = True
+        _plugin = custom_ops.get_plugin('bias_act_plugin', sources=['bias_act.cpp', 'bias_act.cu'],
+                                        headers=['bias_act.h'], extra_cuda_cflags=['--use_fast_math'])
+    return _plugin is not None
+
+
+def _plugin_available() -> bool:
+    """True when the CUDA plugin is built and loaded (only meaningful on a CUDA machine)."""
+    return torch.cuda.is_available() and _init()
+
+
+def _resolve(act, alpha, gain, clamp):
+    if act not in activation_funcs:
+        raise ValueError(f'unknown activation {act!r}; expected one of {", ".join(activation_funcs)}')
+    spec = activation_funcs[act]
+    alpha = float(alpha if alpha is not None else spec.def_alpha)
+    gain = float(gain if gain is not None else spec.def_gain)
+    clamp = float(clamp if clamp is not None else -1)
+    if clamp < 0 and clamp != -1:
+        raise ValueError(f'clamp must be None or >= 0, got {clamp}')
+    return spec, alpha, gain, clamp
+
+
+def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, impl='cuda'):
+    """Add ``b`` along ``dim``, apply ``act``, multiply by ``gain`` and clamp to ``[-clamp, clamp]``.
+
+    ``alpha`` and ``gain`` default to the activation's own values only when None; ``clamp=None`` disables
+    clamping. ``impl='cuda'`` uses the plugin for CUDA tensors when it is available, else the reference.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError('x must be a tensor')
+    if impl not in ('ref', 'cuda'):
+        raise ValueError(f"impl must be 'ref' or 'cuda', got {impl!r}")
+    dim = dim + x.ndim if dim < 0 else dim
+    if not 0 <= dim < x.ndim:
+        raise ValueError(f'dim {dim} out of range for a {x.ndim}-D tensor')
+    if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
+        raise ValueError(f'bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}')
+    if impl == 'cuda' and x.device.type == 'cuda' and _init():
+        return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
+    return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+
+
+def _bias_act_ref(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None):
+    spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
+    if b is not None:
+        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    x = spec.func(x, alpha=alpha)
+    if gain != 1:
+        x = x * gain
+    if clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+_cuda_cache = {}
+
+
+def _memory_format(x):
+    return torch.channels_last if x.ndim == 4 and x.stride(1) == 1 and x.shape[1] > 1 else torch.contiguous_format
+
+
+def _bias_act_cuda(dim=1, act='linear', alpha=None, gain=None, clamp=None):
+    """Autograd Functions for one (dim, act, alpha, gain, clamp) combination, cached."""
+    spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
+    key = (dim, act, alpha, gain, clamp)
+    if key in _cuda_cache:
+        return _cuda_cache[key]
+    # The original input x (not a contiguous copy) is kept so the second-order graph links back to it;
+    # swish also reads it. The output gives f' for most activations and the clamp mask.
+    keep_x = spec.ref == 'x' or spec.has_2nd_grad
+    keep_y = spec.ref == 'y' or clamp >= 0
+
+    def run(main, b, xref, yref, dy, grad):
+        # Every tensor handed to the kernel shares the layout of `main`.
+        fmt = _memory_format(main)
+        main = main.contiguous(memory_format=fmt)
+        null = _null_tensor.to(main)
+        xref, yref, dy = (t.contiguous(memory_format=fmt) if t.numel() else null for t in (xref, yref, dy))
+        b = b.contiguous() if b.numel() else null
+        return _plugin.bias_act(main, b, xref, yref, dy, grad, dim, spec.cuda_idx, alpha, gain, clamp)
+
+    def reduce_bias(t):
+        return t.sum([i for i in range(t.ndim) if i != dim])
+
+    class BiasActCuda(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, b):
+            null = _null_tensor.to(x)
+            b = b if b is not None else null
+            y = x
+            if act != 'linear' or gain != 1 or clamp >= 0 or b.numel() > 0:
+                y = run(x, b, null, null, null, 0)
+            ctx.save_for_backward(x if keep_x else null, b if keep_x else null, y if keep_y else null)
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, b, y = ctx.saved_tensors
+            dx = db = None
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                dx = dy
+                if act != 'linear' or gain != 1 or clamp >= 0:
+                    dx = BiasActCudaGrad.apply(dy, x, b, y)
+            if ctx.needs_input_grad[1]:
+                db = reduce_bias(dx)
+            return dx, db
+
+    class BiasActCudaGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, dy, x, b, y):
+            dx = run(dy, b, x, y, _null_tensor.to(dy), 1)
+            ctx.save_for_backward(dy if spec.has_2nd_grad else _null_tensor.to(dy), x, b, y)
+            return dx
+
+        @staticmethod
+        def backward(ctx, d_dx):
+            dy, x, b, y = ctx.saved_tensors
+            d_dy = d_x = d_b = None
+            if ctx.needs_input_grad[0]:
+                d_dy = BiasActCudaGrad.apply(d_dx, x, b, y)  # the first-order op is linear in dy
+            if spec.has_2nd_grad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+                d_x = run(d_dx, b, x, y, dy, 2)
+            if spec.has_2nd_grad and ctx.needs_input_grad[2]:
+                d_b = reduce_bias(d_x)
+            return d_dy, d_x, d_b, None
+
+    _cuda_cache[key] = BiasActCuda
+    return BiasActCuda

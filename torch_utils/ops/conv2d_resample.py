@@ -1,0 +1,98 @@
+"""2-D convolution with optional FIR-filtered upsampling and downsampling, fused where possible.
+
+The geometry follows StyleGAN2-ADA exactly, because pickled weights depend on it: ``flip_weight=True`` is
+correlation (what ``F.conv2d`` does) and the network layers pass ``flip_weight=(up == 1)``, so upsampling
+layers run a transposed convolution on the stored weight without flipping it.
+"""
+
+import torch
+
+from . import conv2d_gradfix
+from .upfirdn2d import _get_filter_size, _parse_padding, upfirdn2d
+
+
+def _conv2d_wrapper(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True):
+    """Plain or transposed convolution; ``flip_weight=False`` flips the kernel (true convolution)."""
+    if not flip_weight and (w.shape[2] > 1 or w.shape[3] > 1):
+        w = w.flip([2, 3])
+    if transpose:
+        return conv2d_gradfix.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
+    return conv2d_gradfix.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+
+
+def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight=True, flip_filter=False):
+    """Convolve ``x`` [N, C, H, W] with ``w`` [O, C/groups, kh, kw], upsampling by ``up`` before and
+    downsampling by ``down`` after, both filtered with the prepared FIR filter ``f``. ``padding`` is
+    relative to the upsampled image and is applied once."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError('x must be a 4-D tensor [N, C, H, W]')
+    if not isinstance(w, torch.Tensor) or w.ndim != 4 or w.dtype != x.dtype:
+        raise ValueError('w must be a 4-D tensor [O, I, kh, kw] with the dtype of x')
+    if f is not None and (not isinstance(f, torch.Tensor) or f.ndim not in (1, 2) or f.dtype != torch.float32):
+        raise ValueError('f must be None or a float32 filter from setup_filter()')
+    if not (isinstance(up, int) and up >= 1 and isinstance(down, int) and down >= 1 and isinstance(groups, int)):
+        raise ValueError('up and down must be ints >= 1 and groups an int')
+    out_channels, in_channels_per_group, kh, kw = w.shape
+    fw, fh = _get_filter_size(f)
+    px0, px1, py0, py1 = _parse_padding(padding)
+
+    # Grow the padding to cover the filter's support around the resampling.
+    if up > 1:
+        px0 += (fw + up - 1) // 2
+        px1 += (fw - up) // 2
+        py0 += (fh + up - 1) // 2
+        py1 += (fh - up) // 2
+    if down > 1:
+        px0 += (fw - down + 1) // 2
+        px1 += (fw - down) // 2
+        py0 += (fh - down + 1) // 2
+        py1 += (fh - down) // 2
+
+    # 1x1 kernel + downsampling: filter and decimate first, then the cheap 1x1 conv on fewer pixels.
+    if kw == 1 and kh == 1 and (down > 1 and up == 1):
+        x = upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1], flip_filter=flip_filter)
+        return _conv2d_wrapper(x, w, groups=groups, flip_weight=flip_weight)
+
+    # 1x1 kernel + upsampling: the 1x1 conv first, on fewer pixels, then upsample.
+    if kw == 1 and kh == 1 and (up > 1 and down == 1):
+        x = _conv2d_wrapper(x, w, groups=groups, flip_weight=flip_weight)
+        return upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up ** 2, flip_filter=flip_filter)
+
+    # Downsampling only: filter, then a strided convolution.
+    if down > 1 and up == 1:
+        x = upfirdn2d(x, f, padding=[px0, px1, py0, py1], flip_filter=flip_filter)
+        return _conv2d_wrapper(x, w, stride=down, groups=groups, flip_weight=flip_weight)
+
+    # Upsampling (optionally followed by downsampling): a transposed convolution, then the filter.
+    if up > 1:
+        if groups == 1:
+            w = w.transpose(0, 1)
+        else:
+            w = w.reshape(groups, out_channels // groups, in_channels_per_group, kh, kw)
+            w = w.transpose(1, 2)
+            w = w.reshape(groups * in_channels_per_group, out_channels // groups, kh, kw)
+        px0 -= kw - 1
+        px1 -= kw - up
+        py0 -= kh - 1
+        py1 -= kh - up
+        pxt = max(min(-px0, -px1), 0)
+        pyt = max(min(-py0, -py1), 0)
+        x = _conv2d_wrapper(x, w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True,
+                            flip_weight=(not flip_weight))
+        x = upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up ** 2,
+                      flip_filter=flip_filter)
+        if down > 1:
+            x = upfirdn2d(x, f, down=down, flip_filter=flip_filter)
+        return x
+
+    # No resampling and symmetric, non-negative padding: one ordinary convolution.
+    if up == 1 and down == 1 and px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
+        return _conv2d_wrapper(x, w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)
+
+    # Anything else (e.g. asymmetric padding): pad/resample, convolve, then downsample.
+    x = upfirdn2d(x, (f if up > 1 else None), up=up, padding=[px0, px1, py0, py1], gain=up ** 2,
+                  flip_filter=flip_filter)
+    x = _conv2d_wrapper(x, w, groups=groups, flip_weight=flip_weight)
+    if down > 1:
+        x = upfirdn2d(x, f, down=down, flip_filter=flip_filter)
+    return x

@@ -1,0 +1,221 @@
+"""Upsample, pad, FIR-filter and downsample a batch of 2-D images in one op.
+
+``upfirdn2d`` inserts ``up - 1`` zeros after every sample, pads (negative values crop), convolves with
+the filter ``f`` (a true convolution unless ``flip_filter``), and keeps every ``down``-th sample. The
+reference path is plain torch; CUDA tensors use the plugin, whose gradient is again an ``upfirdn2d``, so
+gradients of any order exist. Padding is ``[x0, x1, y0, y1]``; ``up`` and ``down`` may be ``[x, y]``.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import custom_ops
+from . import conv2d_gradfix
+
+_plugin = None
+_plugin_tried = False
+
+
+def _init() -> bool:
+    global _plugin, _plugin_tried
+    if not _plugin_tried:
+        _plugin_tried = True
+        _plugin = custom_ops.get_plugin('upfirdn2d_plugin', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
+                                        headers=['upfirdn2d.h'], extra_cuda_cflags=['--use_fast_math'])
+    return _plugin is not None
+
+
+def _plugin_available() -> bool:
+    """True when the CUDA plugin is built and loaded (only meaningful on a CUDA machine)."""
+    return torch.cuda.is_available() and _init()
+
+
+def _parse_scaling(scaling):
+    if isinstance(scaling, int):
+        scaling = [scaling, scaling]
+    sx, sy = (int(s) for s in scaling)
+    if sx < 1 or sy < 1:
+        raise ValueError(f'up/down factors must be >= 1, got {scaling}')
+    return sx, sy
+
+
+def _parse_padding(padding):
+    if isinstance(padding, int):
+        padding = [padding, padding]
+    padding = [int(p) for p in padding]
+    if len(padding) == 2:
+        px, py = padding
+        padding = [px, px, py, py]
+    if len(padding) != 4:
+        raise ValueError(f'padding must be an int, [x, y] or [x0, x1, y0, y1], got {padding}')
+    return padding
+
+
+def _get_filter_size(f):
+    if f is None:
+        return 1, 1
+    if not isinstance(f, torch.Tensor) or f.ndim not in (1, 2):
+        raise ValueError('the filter must be a 1-D (separable) or 2-D tensor from setup_filter()')
+    fw = f.shape[-1]
+    fh = f.shape[0]
+    return int(fw), int(fh)
+
+
+def setup_filter(f, device=torch.device('cpu'), normalize=True, flip_filter=False, gain=1, separable=None):
+    """Turn a list/array of taps into the float32 filter tensor that the ops take.
+
+    A 1-D filter stays separable when it has 8 or more taps (unless ``separable`` says otherwise) and
+    becomes its own outer product otherwise. ``normalize`` makes the taps sum to 1; ``gain`` scales the
+    result by ``gain ** (ndim / 2)``, so a separable filter applies the gain once over its two passes.
+    """
+    if f is None:
+        f = 1
+    f = torch.as_tensor(f, dtype=torch.float32)
+    if f.ndim not in (0, 1, 2) or f.numel() == 0:
+        raise ValueError(f'a filter must be a non-empty scalar, 1-D or 2-D array, got shape {tuple(f.shape)}')
+    if f.ndim == 0:
+        f = f[np.newaxis]
+    if separable is None:
+        separable = (f.ndim == 1 and f.numel() >= 8)
+    if f.ndim == 1 and not separable:
+        f = torch.outer(f, f)
+    if f.ndim != (1 if separable else 2):
+        raise ValueError('a 2-D filter cannot be separable')
+    if normalize:
+        f /= f.sum()
+    if flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    f = f * (gain ** (f.ndim / 2))
+    return f.to(device=device)
+
+
+def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='cuda'):
+    """Pad, upsample, filter and downsample ``x`` [N, C, H, W] with the filter ``f`` (or None for identity)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError('x must be a 4-D tensor [N, C, H, W]')
+    if impl not in ('ref', 'cuda'):
+        raise ValueError(f"impl must be 'ref' or 'cuda', got {impl!r}")
+    if impl == 'cuda' and x.device.type == 'cuda' and _init():
+        return _upfirdn2d_cuda(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain).apply(x, f)
+    return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+
+
+def _check_filter(f, x):
+    if f is None:
+        return torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    if not isinstance(f, torch.Tensor) or f.ndim not in (1, 2) or f.dtype != torch.float32:
+        raise ValueError('the filter must be a float32 1-D or 2-D tensor (see setup_filter)')
+    if f.requires_grad:
+        raise ValueError('gradients with respect to the filter are not supported')
+    return f
+
+
+def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
+    """Reference path: zero insertion by reshape + pad, crop/pad, depthwise conv, strided slice."""
+    f = _check_filter(f, x)
+    batch, channels, in_h, in_w = x.shape
+    upx, upy = _parse_scaling(up)
+    downx, downy = _parse_scaling(down)
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+
+    # Insert zeros after every sample.
+    x = x.reshape([batch, channels, in_h, 1, in_w, 1])
+    x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
+    x = x.reshape([batch, channels, in_h * upy, in_w * upx])
+
+    # Pad with zeros, or crop where the padding is negative.
+    x = F.pad(x, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
+    x = x[:, :, max(-pady0, 0): x.shape[2] - max(-pady1, 0), max(-padx0, 0): x.shape[3] - max(-padx1, 0)]
+
+    # Convolve: conv2d correlates, so flip the filter unless asked not to.
+    f = f * (gain ** (f.ndim / 2))
+    f = f.to(x.dtype)
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    f = f[np.newaxis, np.newaxis].repeat([channels, 1] + [1] * f.ndim)
+    if f.ndim == 4:
+        x = conv2d_gradfix.conv2d(input=x, weight=f, groups=channels)
+    else:
+        x = conv2d_gradfix.conv2d(input=x, weight=f.unsqueeze(2), groups=channels)
+        x = conv2d_gradfix.conv2d(input=x, weight=f.unsqueeze(3), groups=channels)
+
+    return x[:, :, ::downy, ::downx]
+
+
+_cuda_cache = {}
+
+
+def _upfirdn2d_cuda(up=1, down=1, padding=0, flip_filter=False, gain=1):
+    """Autograd Function for one configuration, cached; its backward is another upfirdn2d."""
+    upx, upy = _parse_scaling(up)
+    downx, downy = _parse_scaling(down)
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    key = (upx, upy, downx, downy, padx0, padx1, pady0, pady1, bool(flip_filter), float(gain))
+    if key in _cuda_cache:
+        return _cuda_cache[key]
+
+    class Upfirdn2dCuda(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, f):
+            f = _check_filter(f, x).to(x.device)
+            if f.ndim == 2:
+                y = _plugin.upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1,
+                                      bool(flip_filter), float(gain))
+            else:  # separable: a horizontal pass then a vertical pass, each with half the gain's power
+                g = math.sqrt(gain)
+                y = _plugin.upfirdn2d(x, f.unsqueeze(0), upx, 1, downx, 1, padx0, padx1, 0, 0, bool(flip_filter), g)
+                y = _plugin.upfirdn2d(y, f.unsqueeze(1), 1, upy, 1, downy, 0, 0, pady0, pady1, bool(flip_filter), g)
+            ctx.save_for_backward(f)
+            ctx.x_shape = x.shape
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            f, = ctx.saved_tensors
+            _, _, in_h, in_w = ctx.x_shape
+            _, _, out_h, out_w = dy.shape
+            fw, fh = _get_filter_size(f)
+            pad = [
+                fw - padx0 - 1,
+                in_w * upx - out_w * downx + padx0 - upx + 1,
+                fh - pady0 - 1,
+                in_h * upy - out_h * downy + pady0 - upy + 1,
+            ]
+            dx = None
+            if ctx.needs_input_grad[0]:
+                dx = _upfirdn2d_cuda(up=[downx, downy], down=[upx, upy], padding=pad,
+                                     flip_filter=not flip_filter, gain=gain).apply(dy, f)
+            return dx, None
+
+    _cuda_cache[key] = Upfirdn2dCuda
+    return Upfirdn2dCuda
+
+
+def filter2d(x, f, padding=0, flip_filter=False, gain=1, impl='cuda'):
+    """Filter ``x`` with ``f``, keeping its size ("same" padding, plus any extra ``padding``)."""
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    p = [padx0 + fw // 2, padx1 + (fw - 1) // 2, pady0 + fh // 2, pady1 + (fh - 1) // 2]
+    return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+def upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1, impl='cuda'):
+    """Upsample by ``up`` with the interpolation filter ``f``; the gain is multiplied by ``up_x * up_y``."""
+    upx, upy = _parse_scaling(up)
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    p = [padx0 + (fw + upx - 1) // 2, padx1 + (fw - upx) // 2, pady0 + (fh + upy - 1) // 2, pady1 + (fh - upy) // 2]
+    return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
+
+
+def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl='cuda'):
+    """Downsample by ``down`` after filtering with the anti-aliasing filter ``f``."""
+    downx, downy = _parse_scaling(down)
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    p = [padx0 + (fw - downx + 1) // 2, padx1 + (fw - downx) // 2,
+         pady0 + (fh - downy + 1) // 2, pady1 + (fh - downy) // 2]
+    return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
