@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from torch_utils import misc
+from torch_utils import misc, persistence
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
 
 # ----------------------------------------------------------------------------------------------- functions
@@ -478,6 +478,7 @@ class SynthesisNetwork(nn.Module):
                 f'img_channels={self.img_channels}, nir_channels={self.nir_channels}')
 
 
+@persistence.persistent_class
 class Generator(nn.Module):
     """The dual-branch generator: ``G(z, c)`` returns ``(img, nir)``, both NCHW float32 in about [-1, 1]."""
 
@@ -651,6 +652,7 @@ class DiscriminatorEpilogue(nn.Module):
         return f'resolution={self.resolution}, architecture={self.architecture}'
 
 
+@persistence.persistent_class
 class Discriminator(nn.Module):
     """StyleGAN2-ADA discriminator; ``img_channels=3`` judges RGB, ``img_channels=1`` judges NIR."""
 
