@@ -7,6 +7,7 @@ the op falls back to its pure-PyTorch reference path; the failure is remembered 
 every call. Set ``BIGAN_REF_OPS=1`` to skip building altogether and always use the reference paths.
 """
 
+import contextlib
 import hashlib
 import importlib
 import os
@@ -25,9 +26,24 @@ FORCE_REF_ENV = 'BIGAN_REF_OPS'
 _plugins = {}  # module name -> loaded module, or None after a failed build
 
 
+_force_reference = False  # set by reference_ops(); lets one process compare both paths
+
+
 def reference_ops_forced() -> bool:
-    """True when the user asked for the reference implementation of every op."""
-    return os.environ.get(FORCE_REF_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on')
+    """True when the reference implementation of every op must be used (environment or ``reference_ops()``)."""
+    return _force_reference or os.environ.get(FORCE_REF_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+@contextlib.contextmanager
+def reference_ops(enable=True):
+    """Run the ops on their reference paths inside this context (for benchmarks and checks)."""
+    global _force_reference
+    old = _force_reference
+    _force_reference = enable
+    try:
+        yield
+    finally:
+        _force_reference = old
 
 
 def build_root() -> str:
@@ -58,7 +74,7 @@ def get_plugin(module_name, sources, headers=(), source_dir=None, **build_kwargs
     """
     if module_name in _plugins:
         return _plugins[module_name]
-    if reference_ops_forced():
+    if os.environ.get(FORCE_REF_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on'):
         _plugins[module_name] = None
         return None
 

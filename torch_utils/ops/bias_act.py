@@ -44,6 +44,8 @@ _null_tensor = torch.empty([0])
 
 def _init() -> bool:
     global _plugin, _plugin_tried
+    if custom_ops.reference_ops_forced():
+        return False
     if not _plugin_tried:
         _plugin_tried = True
         _plugin = custom_ops.get_plugin('bias_act_plugin', sources=['bias_act.cpp', 'bias_act.cu'],

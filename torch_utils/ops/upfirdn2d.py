@@ -21,6 +21,8 @@ _plugin_tried = False
 
 def _init() -> bool:
     global _plugin, _plugin_tried
+    if custom_ops.reference_ops_forced():
+        return False
     if not _plugin_tried:
         _plugin_tried = True
         _plugin = custom_ops.get_plugin('upfirdn2d_plugin', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
