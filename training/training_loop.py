@@ -431,9 +431,9 @@ def training_loop(
             if num_gpus > 1:
                 torch.distributed.all_reduce(signs)
             if signs[1] > 0:
-                adjust = np.sign(float(signs[0] / signs[1]) - ada_target) * (batch_size * ada_interval) \
-                    / (ada_kimg * 1000)
-                augment_pipe.p.copy_((augment_pipe.p + adjust).max(misc.constant(0, device=device)))
+                from training import augment
+                augment_pipe.p.copy_(augment.adjust_p(augment_pipe.p, float(signs[0] / signs[1]), ada_target,
+                                                      batch_size, ada_interval, ada_kimg))
             loss.ada_signs.zero_()
 
         # Tick?

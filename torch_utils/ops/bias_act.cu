@@ -244,6 +244,14 @@ __global__ void __launch_bounds__(kBlock) bias_act_kernel(bias_act_params p) {
     }
 }
 
+}  // namespace bias_act_detail
+
+// Kernel launches. OPS_HOST_EMULATION leaves them out: the CPU test harness in
+// tests/test_cuda_build.py includes this file to run the per-thread code above on the host.
+#ifndef OPS_HOST_EMULATION
+
+namespace bias_act_detail {
+
 template <typename T, int ACT>
 cudaError_t launch_act(const bias_act_params& p, dim3 grid, cudaStream_t stream) {
     switch (p.grad) {
@@ -282,3 +290,5 @@ cudaError_t bias_act_launch(const bias_act_params& p, cudaStream_t stream) {
 template cudaError_t bias_act_launch<c10::Half>(const bias_act_params& p, cudaStream_t stream);
 template cudaError_t bias_act_launch<float>(const bias_act_params& p, cudaStream_t stream);
 template cudaError_t bias_act_launch<double>(const bias_act_params& p, cudaStream_t stream);
+
+#endif  // OPS_HOST_EMULATION

@@ -130,7 +130,8 @@ def _bias_act_cuda(dim=1, act='linear', alpha=None, gain=None, clamp=None):
         return _plugin.bias_act(main, b, xref, yref, dy, grad, dim, spec.cuda_idx, alpha, gain, clamp)
 
     def reduce_bias(t):
-        return t.sum([i for i in range(t.ndim) if i != dim])
+        dims = [i for i in range(t.ndim) if i != dim]
+        return t.sum(dims) if dims else t  # sum([]) would reduce everything
 
     class BiasActCuda(torch.autograd.Function):
         @staticmethod

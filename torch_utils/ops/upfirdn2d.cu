@@ -49,6 +49,7 @@ __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return floor_di
 constexpr int kMaxThreads = 256;
 constexpr size_t kSmemLimit = 48 * 1024;  // no opt-in needed below this
 constexpr int kMaxGridY = 65535;
+constexpr int kMaxBlockZ = 64;            // CUDA's limit on blockDim.z
 
 // Per-launch tiling, chosen on the host.
 struct TilePlan {
@@ -199,6 +200,8 @@ __host__ __device__ __forceinline__ void compute_tile(const upfirdn2d_params& p,
     }
 }
 
+// Blocks have at most kMaxThreads threads (make_plan). No __launch_bounds__ here on purpose: with it,
+// ptxas caps the registers so low that several specialisations spill.
 template <typename T, int UPX, int UPY, int DX, int DY, int FWM, int FHM>
 __global__ void upfirdn2d_tiled_kernel(upfirdn2d_params p, TilePlan t) {
     using A = typename acc_type<T>::type;
@@ -351,6 +354,7 @@ inline LaunchPlan make_plan(const upfirdn2d_params& p, int fcount, size_t esize)
         b1 = std::min(tw, kMaxThreads / b0);
         b2 = std::min(th, kMaxThreads / (b0 * b1));
     }
+    b2 = std::min(b2, kMaxBlockZ);
     L.block = dim3(b0, b1, b2);
     const int64_t chunks = int64_t(p.n) * t.c_chunks;
     L.grid = dim3(unsigned(std::min<int64_t>(tiles, 0x7fffffff)), unsigned(std::min<int64_t>(chunks, kMaxGridY)), 1);
@@ -394,6 +398,14 @@ void dispatch(const upfirdn2d_params& p, V& v) {
     return v.template run<0, 0, 0, 0, 0, 0>();
 }
 
+}  // namespace upfirdn2d_detail
+
+// Kernel launches. OPS_HOST_EMULATION leaves them out: the CPU test harness in
+// tests/test_cuda_build.py includes this file to run the per-thread code above on the host.
+#ifndef OPS_HOST_EMULATION
+
+namespace upfirdn2d_detail {
+
 template <typename T>
 struct Launcher {
     const upfirdn2d_params& p;
@@ -431,3 +443,5 @@ cudaError_t upfirdn2d_launch(const upfirdn2d_params& p, cudaStream_t stream) {
 template cudaError_t upfirdn2d_launch<c10::Half>(const upfirdn2d_params& p, cudaStream_t stream);
 template cudaError_t upfirdn2d_launch<float>(const upfirdn2d_params& p, cudaStream_t stream);
 template cudaError_t upfirdn2d_launch<double>(const upfirdn2d_params& p, cudaStream_t stream);
+
+#endif  // OPS_HOST_EMULATION
