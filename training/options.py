@@ -262,7 +262,7 @@ def resolve_continuation(resume):
     if not os.path.isfile(options_path):
         raise UserError(f'{options_path}: missing; cannot continue the run without its options')
     with open(options_path) as f:
-        previous = dnnlib.EasyDict(json.load(f))
+        previous = json.load(f, object_hook=dnnlib.EasyDict)
     return os.path.abspath(snapshot), loop.state_path_for(os.path.abspath(snapshot)), previous
 
 

@@ -280,7 +280,12 @@ def training_loop(
         augment_pipe = dnnlib.util.construct_class_by_name(**augment_kwargs).train().requires_grad_(False).to(device)
         augment_pipe.p.copy_(torch.as_tensor(augment_p) if resume_p is None else resume_p)
 
-    # Distribute: DDP's construction broadcasts rank 0's weights (fresh or resumed) to every rank.
+    # Distribute. Every rank starts from rank 0's weights and buffers (fresh or resumed); DDP itself no longer
+    # broadcasts buffers when broadcast_buffers=False, so do it explicitly.
+    if num_gpus > 1:
+        for module in (G, D, D_NIR, G_ema, augment_pipe):
+            for tensor in misc.params_and_buffers(module) if module is not None else []:
+                torch.distributed.broadcast(tensor.data, src=0)
     ddp_modules = {}
     for name, module in [('G_mapping', G.mapping), ('G_synthesis', G.synthesis), ('D', D), ('D_NIR', D_NIR),
                          (None, G_ema), ('augment_pipe', augment_pipe)]:
@@ -291,8 +296,6 @@ def training_loop(
             module.requires_grad_(False)
         if name is not None:
             ddp_modules[name] = module
-    if num_gpus > 1 and augment_pipe is not None:
-        torch.distributed.broadcast(augment_pipe.p, src=0)
 
     loss = dnnlib.util.construct_class_by_name(device=device, **ddp_modules, **loss_kwargs)
 
