@@ -15,6 +15,7 @@ import sys
 import click
 
 from training import dataset as ds
+from training import dataset_convert, demo_eyes
 
 
 def _power_of_two(lo, hi):
@@ -60,8 +61,9 @@ def convert(source, dest, max_images, resolution, transform, resize_filter, over
     RGB, NIR and masks get the same transform; NIR is stored as 1-channel PNG, grey RGB files as 3 channels,
     masks as class-index PNG. Labels from dataset.json are carried over (written as dataset.json at the top).
     """
-    info = ds.convert_dataset(source, dest, max_images=max_images, resolution=resolution, transform=transform,
-                              resize_filter=resize_filter, overwrite=overwrite, progress=True)
+    info = dataset_convert.convert_dataset(source, dest, max_images=max_images, resolution=resolution,
+                                           transform=transform, resize_filter=resize_filter, overwrite=overwrite,
+                                           progress=True)
     extra = ", masks" if info["masks"] else ""
     extra += ", labels" if info["labels"] else ""
     click.echo(f"wrote {info['count']} pairs at {info['resolution']}x{info['resolution']}{extra} to {dest}")
@@ -119,7 +121,8 @@ def demo(dest, count, resolution, seed, overwrite):
     Each pair shows one eye (skin, lids, sclera, iris, pupil, lashes, corneal highlights) rendered from one
     geometry into both modalities. Masks are class-index PNGs: 0 background/skin, 1 sclera, 2 iris, 3 pupil.
     """
-    ds.write_demo_dataset(dest, count=count, resolution=resolution, seed=seed, overwrite=overwrite, progress=True)
+    demo_eyes.write_demo_dataset(dest, count=count, resolution=resolution, seed=seed, overwrite=overwrite,
+                                 progress=True)
     click.echo(f"wrote {count} demo pairs at {resolution}x{resolution} to {dest}")
 
 
