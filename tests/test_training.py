@@ -121,10 +121,14 @@ def _train(args, outdir, timeout=600):
 
 
 def test_cli_trains_tiny_and_snapshot_generates_both_modalities(demo_eyes, tmp_path):
-    result = _train([f'--data={demo_eyes}', '--cfg=tiny', '--kimg=1', '--tick=0.25', '--snap=2', '--metrics=none',
-                     '--batch=8'], tmp_path)
+    no_detector = tmp_path / 'no_detector'
+    no_detector.mkdir()
+    outdir = tmp_path / 'runs'
+    result = _train([f'--data={demo_eyes}', '--cfg=tiny', '--kimg=1', '--tick=0.25', '--snap=2',
+                     '--metrics=fid50k_full', f'--detector-dir={no_detector}', '--batch=8'], outdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert 'Skipping metric fid50k_full' in result.stdout  # no detector: say so and keep training
+    (run_dir,) = [p for p in outdir.iterdir() if p.is_dir()]
     names = set(os.listdir(run_dir))
     for name in ['training_options.json', 'log.txt', 'stats.jsonl', 'reals.png', 'reals_nir.png', 'fakes_init.png',
                  'fakes_init_nir.png', 'fakes000001.png', 'fakes000001_nir.png', 'network-snapshot-000001.pkl',
@@ -191,6 +195,33 @@ def test_interrupted_run_continues_to_the_same_weights(demo_eyes, tmp_path):
     with open(tl.latest_snapshot(str(cont_dir)), 'rb') as f:
         p_cont = pickle.load(f)['augment_pipe'].p
     assert float(p_full) > 0 and torch.equal(p_full, p_cont)
+
+
+def test_transfer_from_an_official_single_branch_pickle(demo_eyes, tmp_path):
+    from test_legacy import _upstream_pickle
+
+    torch.manual_seed(11)
+    source_G = networks.Generator(**dict(TINY_G, img_resolution=RES), nir_channels=0).eval()
+    source_D = networks.Discriminator(**TINY_D, img_channels=3).eval()
+    g_kwargs = {k: v for k, v in TINY_G.items()}
+    d_kwargs = dict(TINY_D, img_channels=3)
+    pkl = tmp_path / 'official.pkl'
+    pkl.write_bytes(_upstream_pickle(source_G, g_kwargs, source_D, d_kwargs, module_src=''))
+    run_dir = tmp_path / 'run'
+    run_dir.mkdir()
+    kwargs = _loop_kwargs(demo_eyes)
+    kwargs.update(augment_kwargs=None, total_kimg=0.004, G_opt_kwargs=dict(kwargs['G_opt_kwargs'], lr=0),
+                  D_opt_kwargs=dict(kwargs['D_opt_kwargs'], lr=0))  # lr 0: the weights stay as loaded
+    out = tl.training_loop(run_dir=str(run_dir), resume_pkl=str(pkl), **kwargs)
+    src = dict(source_G.state_dict())
+    for name, tensor in out['G'].state_dict().items():
+        if '.tonir.' in name:
+            assert name not in src
+        elif not name.endswith('w_avg'):  # w_avg keeps tracking during training
+            assert torch.equal(tensor, src[name]), name
+    for name, tensor in out['D'].state_dict().items():
+        assert torch.equal(tensor, source_D.state_dict()[name]), name
+    assert out['G'].synthesis.b16.tonir.weight.abs().sum() > 0  # a fresh, seeded NIR head
 
 
 def test_cli_continues_a_run_directory(demo_eyes, tmp_path):

@@ -633,9 +633,10 @@ class PairedImages:
             rgb = rgb[:, :, ::-1]
             nir = nir[:, :, ::-1]
             mask = mask[:, ::-1] if mask is not None else None
-        item = (np.ascontiguousarray(rgb), np.ascontiguousarray(nir), self.get_label(idx))
+        # Contiguous and writable (decoded images are read-only views; torch warns about those when batching).
+        item = (np.require(rgb, requirements='CW'), np.require(nir, requirements='CW'), self.get_label(idx))
         if mask is not None:
-            item += (np.ascontiguousarray(mask),)
+            item += (np.require(mask, requirements='CW'),)
         return item
 
     def get_label(self, idx):
