@@ -106,3 +106,30 @@ def get_plugin(module_name, sources, headers=(), source_dir=None, **build_kwargs
         print('Done.')
     _plugins[module_name] = module
     return module
+
+
+class LazyPlugin:
+    """A plugin built on first use; ``get()`` returns the module, or None when the reference path must be used
+    (no CUDA toolkit, a failed build, or reference ops forced)."""
+
+    def __init__(self, module_name, sources, headers=(), **build_kwargs):
+        self.module_name = module_name
+        self.sources = list(sources)
+        self.headers = list(headers)
+        self.build_kwargs = build_kwargs
+        self.module = None
+        self.tried = False
+
+    def get(self):
+        if reference_ops_forced():
+            return None
+        if not self.tried:
+            self.tried = True
+            self.module = get_plugin(self.module_name, sources=self.sources, headers=self.headers,
+                                     **self.build_kwargs)
+        return self.module
+
+    def available(self) -> bool:
+        """True when the plugin is built and loaded (only meaningful on a CUDA machine)."""
+        import torch
+        return torch.cuda.is_available() and self.get() is not None

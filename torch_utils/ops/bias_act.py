@@ -37,25 +37,14 @@ activation_funcs = {
     'swish':    Activation(lambda x, **_: torch.sigmoid(x) * x,       0,   math.sqrt(2), 9, 'x', True),
 }
 
-_plugin = None
-_plugin_tried = False
+_plugin = custom_ops.LazyPlugin('bias_act_plugin', sources=['bias_act.cpp', 'bias_act.cu'], headers=['bias_act.h'],
+                                extra_cuda_cflags=['--use_fast_math'])
 _null_tensor = torch.empty([0])
-
-
-def _init() -> bool:
-    global _plugin, _plugin_tried
-    if custom_ops.reference_ops_forced():
-        return False
-    if not _plugin_tried:
-        _plugin_tried = True
-        _plugin = custom_ops.get_plugin('bias_act_plugin', sources=['bias_act.cpp', 'bias_act.cu'],
-                                        headers=['bias_act.h'], extra_cuda_cflags=['--use_fast_math'])
-    return _plugin is not None
 
 
 def _plugin_available() -> bool:
     """True when the CUDA plugin is built and loaded (only meaningful on a CUDA machine)."""
-    return torch.cuda.is_available() and _init()
+    return _plugin.available()
 
 
 def _resolve(act, alpha, gain, clamp):
@@ -85,7 +74,7 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
         raise ValueError(f'dim {dim} out of range for a {x.ndim}-D tensor')
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
         raise ValueError(f'bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}')
-    if impl == 'cuda' and x.device.type == 'cuda' and _init():
+    if impl == 'cuda' and x.device.type == 'cuda' and _plugin.get() is not None:
         return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
     return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
@@ -127,7 +116,7 @@ def _bias_act_cuda(dim=1, act='linear', alpha=None, gain=None, clamp=None):
         null = _null_tensor.to(main)
         xref, yref, dy = (t.contiguous(memory_format=fmt) if t.numel() else null for t in (xref, yref, dy))
         b = b.contiguous() if b.numel() else null
-        return _plugin.bias_act(main, b, xref, yref, dy, grad, dim, spec.cuda_idx, alpha, gain, clamp)
+        return _plugin.module.bias_act(main, b, xref, yref, dy, grad, dim, spec.cuda_idx, alpha, gain, clamp)
 
     def reduce_bias(t):
         dims = [i for i in range(t.ndim) if i != dim]

@@ -15,24 +15,13 @@ import torch.nn.functional as F
 from .. import custom_ops
 from . import conv2d_gradfix
 
-_plugin = None
-_plugin_tried = False
-
-
-def _init() -> bool:
-    global _plugin, _plugin_tried
-    if custom_ops.reference_ops_forced():
-        return False
-    if not _plugin_tried:
-        _plugin_tried = True
-        _plugin = custom_ops.get_plugin('upfirdn2d_plugin', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
-                                        headers=['upfirdn2d.h'], extra_cuda_cflags=['--use_fast_math'])
-    return _plugin is not None
+_plugin = custom_ops.LazyPlugin('upfirdn2d_plugin', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'], headers=['upfirdn2d.h'],
+                                extra_cuda_cflags=['--use_fast_math'])
 
 
 def _plugin_available() -> bool:
     """True when the CUDA plugin is built and loaded (only meaningful on a CUDA machine)."""
-    return torch.cuda.is_available() and _init()
+    return _plugin.available()
 
 
 def _parse_scaling(scaling):
@@ -100,7 +89,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='cu
         raise ValueError('x must be a 4-D tensor [N, C, H, W]')
     if impl not in ('ref', 'cuda'):
         raise ValueError(f"impl must be 'ref' or 'cuda', got {impl!r}")
-    if impl == 'cuda' and x.device.type == 'cuda' and _init():
+    if impl == 'cuda' and x.device.type == 'cuda' and _plugin.get() is not None:
         return _upfirdn2d_cuda(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain).apply(x, f)
     return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
@@ -163,13 +152,14 @@ def _upfirdn2d_cuda(up=1, down=1, padding=0, flip_filter=False, gain=1):
         @staticmethod
         def forward(ctx, x, f):
             f = _check_filter(f, x).to(x.device)
+            kernel = _plugin.module.upfirdn2d
+            flip = bool(flip_filter)
             if f.ndim == 2:
-                y = _plugin.upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1,
-                                      bool(flip_filter), float(gain))
+                y = kernel(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, float(gain))
             else:  # separable: a horizontal pass then a vertical pass, each with half the gain's power
                 g = math.sqrt(gain)
-                y = _plugin.upfirdn2d(x, f.unsqueeze(0), upx, 1, downx, 1, padx0, padx1, 0, 0, bool(flip_filter), g)
-                y = _plugin.upfirdn2d(y, f.unsqueeze(1), 1, upy, 1, downy, 0, 0, pady0, pady1, bool(flip_filter), g)
+                y = kernel(x, f.unsqueeze(0), upx, 1, downx, 1, padx0, padx1, 0, 0, flip, g)
+                y = kernel(y, f.unsqueeze(1), 1, upy, 1, downy, 0, 0, pady0, pady1, flip, g)
             ctx.save_for_backward(f)
             ctx.x_shape = x.shape
             return y
