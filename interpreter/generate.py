@@ -1,0 +1,144 @@
+"""Generating the annotated dataset: new RGB + NIR pairs with ensemble masks and uncertainty scores.
+
+Sample ``i`` always has ``z = RandomState([seed, i]).randn(z_dim)``, so a dataset split into shards
+(``start_step``/``num_sample``) over several processes or machines is the same as one made in a single run. Each
+sample's files are written under temporary names and renamed; its line in the shard's ``metadata-*.jsonl`` is written
+last, so a sample counts as done exactly when that line exists, and an interrupted run continues after the last one.
+
+Layout of the output folder::
+
+    RGB/{i:06d}.png  NIR/{i:06d}.png  masks/{i:06d}.png (class ids)  masks_color/{i:06d}.png
+    metadata-{start:06d}-{end:06d}.jsonl   one JSON line per sample: index, seed, z, uncertainty score, files
+    kept.jsonl / rejected.jsonl             after filter_by_uncertainty(): the samples kept and dropped
+"""
+
+import glob
+import json
+import os
+import time
+
+import numpy as np
+import PIL.Image
+
+import dnnlib
+from interpreter import classifier as classifier_module
+from interpreter import features as features_module
+from interpreter import latents as latents_module
+from interpreter import visualize
+
+SUBDIRS = ('RGB', 'NIR', 'masks', 'masks_color')
+
+
+def sample_z(seed, index, z_dim):
+    """The latent of sample ``index``: independent of how the dataset is split into shards."""
+    return np.random.RandomState([int(seed), int(index)]).randn(1, z_dim)
+
+
+def _write_png(path, array, mode):
+    with dnnlib.util.atomic_write(path, 'wb') as f:
+        PIL.Image.fromarray(array, mode).save(f, 'PNG')
+
+
+def _done_indices(out_dir):
+    done = {}
+    for path in glob.glob(os.path.join(out_dir, 'metadata-*.jsonl')):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a crash: that sample is simply redone
+                    continue
+                done[int(entry['index'])] = entry
+    return done
+
+
+def generate_dataset(cfg, resume_dir, num_sample, start_step=0, out_dir=None, seed=None, device=None, fast=True,
+                     progress=True, log=print):
+    """Generate samples ``start_step .. start_step + num_sample - 1`` into ``out_dir`` (default
+    ``<resume_dir>/samples``) with the ensemble in ``<resume_dir>/models``; returns the output folder."""
+    device = latents_module.pick_device(device)
+    seed = cfg.seed if seed is None else seed
+    out_dir = out_dir or os.path.join(resume_dir, 'samples')
+    models = classifier_module.load_ensemble(resume_dir, cfg.model_num, numpy_class=cfg.number_class,
+                                             dim=cfg.dim[2], device=device)
+    G = latents_module.load_generator(cfg.stylegan_checkpoint, key=cfg.generator_key, device=device)
+    cfg.check_generator(G, features=True)
+    average = latents_module.load_average_latent(cfg.average_latent, G) if cfg.average_latent else None
+    predictor = features_module.EnsemblePredictor(models, out_res=cfg.dim[1], mode=cfg.upsample_mode, fast=fast,
+                                                  top_fraction=cfg.uncertainty_top_fraction)
+    for sub in SUBDIRS:
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    done = _done_indices(out_dir)
+    indices = [i for i in range(start_step, start_step + num_sample) if i not in done]
+    if len(indices) < num_sample:
+        log(f'{num_sample - len(indices)} of the {num_sample} samples are already in {out_dir}; continuing')
+    metadata_path = os.path.join(out_dir, f'metadata-{start_step:06d}-{start_step + num_sample - 1:06d}.jsonl')
+    iterator = indices
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(indices, desc='generating', unit='sample', dynamic_ncols=True)
+    times = []
+    with open(metadata_path, 'a') as metadata:
+        for i in iterator:
+            z = sample_z(seed, i, G.z_dim)
+            ws = latents_module.z_to_ws(G, z, psi=cfg.truncation_psi, cutoff=cfg.truncation_cutoff, device=device,
+                                        average=average)
+            img, nir, feats = latents_module.synthesize(G, ws, noise_mode=cfg.noise_mode, return_features=True,
+                                                        force_fp32=cfg.force_fp32)
+            start = time.perf_counter()
+            result = predictor([f[0] for f in feats])
+            times.append(time.perf_counter() - start)
+            name = f'{i:06d}.png'
+            rgb = latents_module.to_uint8_image(img[0])
+            nir_img = latents_module.to_uint8_image(nir[0])
+            labels = np.asarray(result.labels, dtype=np.uint8)
+            if rgb.shape[:2] != labels.shape:  # masks at dim[1]; images at the generator's resolution
+                size = labels.shape[::-1]
+                rgb = np.asarray(PIL.Image.fromarray(rgb).resize(size, PIL.Image.LANCZOS))
+                nir_img = np.asarray(PIL.Image.fromarray(nir_img).resize(size, PIL.Image.LANCZOS))
+            _write_png(os.path.join(out_dir, 'RGB', name), rgb, 'RGB')
+            _write_png(os.path.join(out_dir, 'NIR', name), nir_img, 'L')
+            _write_png(os.path.join(out_dir, 'masks', name), labels, 'L')
+            _write_png(os.path.join(out_dir, 'masks_color', name), visualize.colorize(labels), 'RGB')
+            entry = dict(index=i, seed=seed, z=z[0].tolist(), uncertainty_score=float(result.score),
+                         rgb=f'RGB/{name}', nir=f'NIR/{name}', mask=f'masks/{name}',
+                         mask_color=f'masks_color/{name}')
+            metadata.write(json.dumps(entry) + '\n')
+            metadata.flush()
+    if times:
+        log(f'ensemble step: {1000 * np.mean(times):.1f} +- {1000 * np.std(times):.1f} ms per sample '
+            f'({"fast" if fast else "dense"} features)')
+    return out_dir
+
+
+def select_by_uncertainty(scores, portion, skip_lowest=0):
+    """Indices (into ``scores``) kept by DatasetGAN's rule: sort by score ascending, drop the ``int(N * portion)``
+    most uncertain samples; with ``skip_lowest=30`` also the 30 least uncertain, exactly as DatasetGAN sliced
+    ``sorted[30 : -n + 30]``. Returns (kept, rejected) as sorted lists."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind='stable')
+    n_drop = int(len(scores) * portion)
+    if skip_lowest:
+        end = len(order) - n_drop + skip_lowest
+        kept = order[skip_lowest:end] if n_drop > 0 else order[skip_lowest:]
+    else:
+        kept = order[:len(order) - n_drop]
+    kept_set = set(int(k) for k in kept)
+    return sorted(kept_set), sorted(set(range(len(scores))) - kept_set)
+
+
+def filter_by_uncertainty(out_dir, portion, skip_lowest=0):
+    """Write ``kept.jsonl`` and ``rejected.jsonl`` for every sample in ``out_dir``; returns their counts."""
+    entries = sorted(_done_indices(out_dir).values(), key=lambda e: e['index'])
+    if not entries:
+        raise ValueError(f'{out_dir}: no generated samples (no metadata-*.jsonl lines)')
+    kept, rejected = select_by_uncertainty([e['uncertainty_score'] for e in entries], portion, skip_lowest)
+    for name, chosen in (('kept.jsonl', kept), ('rejected.jsonl', rejected)):
+        with dnnlib.util.atomic_write(os.path.join(out_dir, name), 'w') as f:
+            for k in chosen:
+                f.write(json.dumps(entries[k]) + '\n')
+    return len(kept), len(rejected)
+

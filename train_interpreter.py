@@ -1,0 +1,81 @@
+"""Train the Semantic Mask Generator (an ensemble of pixel classifiers on the generator's features), or use it to
+generate an annotated RGB + NIR dataset.
+
+\b
+  # Train the ensemble on the annotated samples named in the config:
+  python train_interpreter.py --exp EXPERIMENTS/CrossEyed_NIR_RGB/train_datagan.json
+\b
+  # Generate 1000 annotated pairs with it (resumable; split into shards with --start_step/--num_sample):
+  python train_interpreter.py --exp EXPERIMENTS/CrossEyed_NIR_RGB/train_datagan.json --generate_data True \\
+      --num_sample 1000 --resume EXPERIMENTS/CrossEyed_NIR_RGB
+"""
+
+import sys
+
+import click
+
+
+def _fail(message):
+    click.echo(f'error: {message}', err=True)
+    sys.exit(2)
+
+
+@click.command(epilog=__doc__.split('\n\n', 1)[1], context_settings=dict(max_content_width=120))
+@click.option('--exp', 'exp', required=True, metavar='JSON', help='Experiment config (the original keys).')
+@click.option('--exp_dir', default=None, metavar='DIR', help='Override the config\'s exp_dir.')
+@click.option('--generate_data', type=bool, default=False, show_default=True, metavar='BOOL',
+              help='Generate a dataset instead of training (true/false).')
+@click.option('--resume', default=None, metavar='DIR', help='Folder with models/ for generation [default: exp_dir].')
+@click.option('--num_sample', type=click.IntRange(min=1), default=1000, show_default=True,
+              help='Samples to generate.')
+@click.option('--start_step', type=click.IntRange(min=0), default=0, show_default=True,
+              help='Index of the first sample (for shards).')
+@click.option('--out', default=None, metavar='DIR', help='Output folder for generation [default: RESUME/samples].')
+@click.option('--seed', type=int, default=None, help='Random seed [default: the config\'s seed].')
+@click.option('--device', default=None, help='cpu, cuda or cuda:N [default: cuda if available].')
+@click.option('--dense', is_flag=True, help='Generation: use the dense reference feature path (slow, for checks).')
+@click.option('--stop_rule', type=click.Choice(['original', 'smoothed']), default='original', show_default=True,
+              help='Training stop rule: the originals\' per-batch rule or a smoothed-loss plateau.')
+@click.option('--uncertainty_portion', type=click.FloatRange(0, 1), default=None,
+              help='Share of the most uncertain samples to drop [default: the config\'s, 0.1].')
+@click.option('--filter_only', type=bool, default=False, metavar='BOOL',
+              help='Only (re)write kept.jsonl / rejected.jsonl for the samples in the output folder.')
+def main(exp, exp_dir, generate_data, resume, num_sample, start_step, out, seed, device, dense, stop_rule,
+         uncertainty_portion, filter_only):
+    """Train the interpreter ensemble, or generate an annotated dataset with it."""
+    import os
+
+    from interpreter import config, generate, train
+    from training.legacy import CheckpointError
+
+    try:
+        overrides = {}
+        if exp_dir is not None:
+            overrides['exp_dir'] = exp_dir
+        if seed is not None:
+            overrides['seed'] = seed
+        if uncertainty_portion is not None:
+            overrides['uncertainty_portion'] = uncertainty_portion
+        generating = generate_data or filter_only
+        # Generation needs the generator and the models, not the annotation files.
+        cfg = config.load_config(exp, overrides=overrides,
+                                 check_files=['stylegan_checkpoint'] if generating else True)
+        if generating:
+            resume = resume or cfg.exp_dir
+            out = out or os.path.join(resume, 'samples')
+            if not filter_only:
+                generate.generate_dataset(cfg, resume, num_sample, start_step=start_step, out_dir=out,
+                                          device=device, fast=not dense)
+            if cfg.uncertainty_portion > 0:
+                kept, rejected = generate.filter_by_uncertainty(out, cfg.uncertainty_portion)
+                click.echo(f'{kept} samples kept, {rejected} most uncertain listed in {out}/rejected.jsonl')
+        else:
+            paths = train.train_ensemble(cfg, device=device, stop_rule=stop_rule)
+            click.echo(f'{len(paths)} classifiers in {os.path.dirname(paths[0])}')
+    except (config.ConfigError, train.AnnotationSetError, CheckpointError, ValueError,
+            FileNotFoundError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+if __name__ == '__main__':
+    main()
