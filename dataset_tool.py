@@ -14,6 +14,7 @@ import sys
 
 import click
 
+import dnnlib.cli
 from training import dataset as ds
 from training import dataset_convert, demo_eyes
 
@@ -128,22 +129,7 @@ def demo(dest, count, resolution, seed, overwrite):
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (2 for any bad input, with one line on stderr)."""
-    try:
-        result = cli.main(args=argv, prog_name="dataset_tool.py", standalone_mode=False)
-    except ds.DatasetError as e:
-        click.echo(f"error: {e}", err=True)
-        return 2
-    except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
-        return 2
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        return 130
-    except OSError as e:
-        where = e.filename if e.filename is not None else "output"
-        click.echo(f"error: {where}: {e.strerror or e}", err=True)
-        return 2
-    return result if isinstance(result, int) else 0
+    return dnnlib.cli.run(cli, argv, prog_name="dataset_tool.py", user_errors=(ds.DatasetError,))
 
 
 if __name__ == "__main__":

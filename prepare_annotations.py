@@ -13,6 +13,7 @@ import sys
 
 import click
 
+import dnnlib.cli
 from interpreter import annotations
 from interpreter.xcf import XcfError
 
@@ -75,22 +76,8 @@ def cli(input_dir, output_dir, palette, latents, ids, snap, source, match, image
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (2 for any bad input, with one line on stderr)."""
-    try:
-        result = cli.main(args=argv, prog_name="prepare_annotations.py", standalone_mode=False)
-    except (annotations.AnnotationError, XcfError) as e:
-        click.echo(f"error: {e}", err=True)
-        return 2
-    except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
-        return 2
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        return 130
-    except OSError as e:
-        where = e.filename if e.filename is not None else "output"
-        click.echo(f"error: {where}: {e.strerror or e}", err=True)
-        return 2
-    return result if isinstance(result, int) else 0
+    return dnnlib.cli.run(cli, argv, prog_name="prepare_annotations.py",
+                          user_errors=(annotations.AnnotationError, XcfError))
 
 
 if __name__ == "__main__":
