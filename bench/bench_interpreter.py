@@ -323,7 +323,7 @@ def main():
     threads = rows['fast']['threads']
     print(f'\nMask generation, {args.models} classifiers (4992 -> 128 -> 32 -> {args.classes}), paper256 features '
           f'({args.features}), 256x256, device {args.device}, {threads} threads, median of {args.reps}\n')
-    print('| path | ms / sample | speed-up | peak MB | peak ratio |')
+    print('| path | ms / sample | speed-up | peak MiB | peak ratio |')
     print('|---|---:|---:|---:|---:|')
     dense = rows.get('dense')
     for path in ('dense', 'fast'):
@@ -343,10 +343,10 @@ def main():
     if agree is not None:
         print(f'\nLabels identical between dense and fast: {100 * agree:.4f} % of pixels.')
     t = rows['train']
-    print(f'\nTraining store: {t["samples"]} samples, {t["store_bytes"] / mb:.0f} MB (float32); '
+    print(f'\nTraining store: {t["samples"]} samples, {t["store_bytes"] / mb:.0f} MiB (float32); '
           f'{t["batches"]} batches of 64 pixels: gather {t["gather_ms"]:.2f} ms, Adam step {t["step_ms"]:.2f} ms '
-          f'per batch; peak {t["peak_bytes"] / mb:.0f} MB above the start, process peak '
-          f'{t["process_peak_bytes"] / mb:.0f} MB.')
+          f'per batch; peak {t["peak_bytes"] / mb:.0f} MiB above the start, process peak '
+          f'{t["process_peak_bytes"] / mb:.0f} MiB.')
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + '.tmp', 'w') as f:
         json.dump(dict(device=args.device, models=args.models, classes=args.classes, features=args.features,
