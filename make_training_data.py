@@ -23,6 +23,7 @@ import warnings
 
 import click
 
+import dnnlib.cli
 from interpreter.config import ConfigError, load_config
 from interpreter.latents import make_training_data, pick_device
 from training.legacy import CheckpointError
@@ -57,22 +58,7 @@ def cli(exp, sv_path, num_sample, seed, png, device, network, expand_to_dimensio
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (2 for bad input, with one line on stderr)."""
-    try:
-        cli.main(args=argv, prog_name='make_training_data.py', standalone_mode=False)
-    except (ConfigError, CheckpointError) as exc:
-        click.echo(f'error: {exc}', err=True)
-        return 2
-    except click.ClickException as exc:
-        click.echo(f'error: {exc.format_message()}', err=True)
-        return 2
-    except click.Abort:
-        click.echo('error: aborted', err=True)
-        return 130
-    except OSError as exc:
-        where = exc.filename if exc.filename is not None else 'output'
-        click.echo(f'error: {where}: {exc.strerror or exc}', err=True)
-        return 2
-    return 0
+    return dnnlib.cli.run(cli, argv, prog_name='make_training_data.py', user_errors=(ConfigError, CheckpointError))
 
 
 if __name__ == '__main__':

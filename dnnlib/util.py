@@ -513,3 +513,18 @@ def open_url(url, cache_dir: Optional[str] = None, num_attempts: int = 10, verbo
         buffer.seek(0)
         return buffer
     return final_path if return_filename else open(final_path, "rb")
+
+
+class FileError(ValueError):
+    """Bad input tied to a file. ``str(e)`` is one line: ``<file>: <problem>``; ``e.file`` and ``e.problem`` hold
+    the parts. A single argument is the whole message (also what unpickling passes when only a message survives)."""
+
+    def __init__(self, file, problem=None):
+        if problem is None:
+            file, problem = None, str(file)
+        self.file = None if file is None else str(file)
+        self.problem = str(problem)
+        super().__init__(self.file, self.problem)
+
+    def __str__(self):
+        return self.problem if self.file is None else f"{self.file}: {self.problem}"

@@ -68,6 +68,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import PIL.Image
 
+import dnnlib
 from dnnlib.util import atomic_write
 from interpreter.xcf import NORMAL_MODES, XcfError, XcfLayer, read_xcf
 
@@ -79,18 +80,8 @@ BUILTIN_PALETTES = ("ocular_4class", "ocular_10class")
 PASS_THROUGH_MODE = 61
 
 
-class AnnotationError(ValueError):
+class AnnotationError(dnnlib.util.FileError):
     """Bad annotation input. ``str(e)`` is one line: ``<file>: <problem>``."""
-
-    def __init__(self, file, problem=None):
-        if problem is None:
-            file, problem = None, str(file)
-        self.file = None if file is None else str(file)
-        self.problem = str(problem)
-        super().__init__(self.file, self.problem)
-
-    def __str__(self):
-        return self.problem if self.file is None else f"{self.file}: {self.problem}"
 
 
 class PaletteError(AnnotationError):

@@ -34,18 +34,8 @@ import dnnlib
 # Errors
 
 
-class DatasetError(ValueError):
+class DatasetError(dnnlib.util.FileError):
     """Bad dataset input. ``str(e)`` is one line: ``<file>: <problem>``; ``e.file`` and ``e.problem`` hold the parts."""
-
-    def __init__(self, file, problem=None):
-        if problem is None:  # Single-argument form (also what unpickling uses when only a message survives).
-            file, problem = None, str(file)
-        self.file = None if file is None else str(file)
-        self.problem = str(problem)
-        super().__init__(self.file, self.problem)
-
-    def __str__(self):
-        return self.problem if self.file is None else f"{self.file}: {self.problem}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
