@@ -100,9 +100,7 @@ def test_trained_ensemble_labels_held_out_samples(experiment):
         mask = np.load(experiment['exp'] / 'annotations' / f'image_mask{i}.npy')
         labels = np.asarray(fast(feats).labels)
         accuracy.append((labels == mask).mean())
-    assert np.mean(accuracy) > TRAIN_ACC_BAR, (f'accuracy on the annotated samples {np.mean(accuracy):.3f} '
-                                               f'{labels.shape} {labels.dtype} {np.unique(labels)} {mask.shape} '
-                                               f'{mask.dtype} {np.unique(mask)}')
+    assert np.mean(accuracy) > TRAIN_ACC_BAR, f'accuracy on the annotated samples {np.mean(accuracy):.3f}'
     ious = []
     for i in range(len(z)):
         ws = latents_module.z_to_ws(G, z[i:i + 1], psi=cfg.truncation_psi, cutoff=cfg.truncation_cutoff)
