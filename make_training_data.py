@@ -3,8 +3,8 @@
 Example (the originals' layout: the experiment folder holds generate.json and receives the outputs):
 
 \b
-  python make_training_data.py --exp EXPERIMENTS/CrossEyed_NIR_RGB/generate.json \\
-      --sv_path EXPERIMENTS/CrossEyed_NIR_RGB --num_sample 100 --seed 0
+  python make_training_data.py --exp EXPERIMENTS/interpreter/CrossEyed_NIR_RGB/generate.json \\
+      --sv_path EXPERIMENTS/interpreter/CrossEyed_NIR_RGB --num_sample 100 --seed 0
 
 Writes <sv_path>/images_to_annotate/image_{i}.jpg and image_{i}_NIR.jpg (or .png with --png), latent_stylegan.npy
 (z, float64 [N, z_dim]), w_stylegan.npy (truncated ws, float32 [N, num_ws, w_dim]), avg_latent_stylegan.npy (the

@@ -89,7 +89,7 @@ def _fail(message):
 @click.option('--nhwc', help='Use NHWC memory format with FP16', type=bool, metavar='BOOL')
 @click.option('--nobench', help='Disable cuDNN benchmarking', type=bool, metavar='BOOL')
 @click.option('--allow-tf32', help='Allow PyTorch to use TF32 internally', type=bool, metavar='BOOL')
-@click.option('--workers', help='Override number of DataLoader workers', type=int, metavar='INT')
+@click.option('--workers', help='DataLoader workers [default: 3, at most the number of CPUs]', type=int, metavar='INT')
 def main(ctx, outdir, dry_run, **config_kwargs):
     """Train the dual-branch StyleGAN2-ADA of BiOcularGAN / BiFaceGAN.
 

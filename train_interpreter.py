@@ -3,11 +3,11 @@ generate an annotated RGB + NIR dataset.
 
 \b
   # Train the ensemble on the annotated samples named in the config:
-  python train_interpreter.py --exp EXPERIMENTS/CrossEyed_NIR_RGB/train_datagan.json
+  python train_interpreter.py --exp EXPERIMENTS/interpreter/CrossEyed_NIR_RGB/train_datagan.json
 \b
   # Generate 1000 annotated pairs with it (resumable; split into shards with --start_step/--num_sample):
-  python train_interpreter.py --exp EXPERIMENTS/CrossEyed_NIR_RGB/train_datagan.json --generate_data True \\
-      --num_sample 1000 --resume EXPERIMENTS/CrossEyed_NIR_RGB
+  python train_interpreter.py --exp EXPERIMENTS/interpreter/CrossEyed_NIR_RGB/train_datagan.json --generate_data True \\
+      --num_sample 1000 --resume EXPERIMENTS/interpreter/CrossEyed_NIR_RGB
 """
 
 import sys

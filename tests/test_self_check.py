@@ -1,4 +1,5 @@
-"""The README's first command ends in self_check.py: it must succeed here and write the RGB | NIR pair."""
+"""self_check.py, the installation check of the README's troubleshooting: it must succeed here and write the
+RGB | NIR pair."""
 
 import subprocess
 import sys

@@ -70,7 +70,7 @@ def _cfg_values(cfg, res, gpus):
 def setup_training_options(
     data, gpus=1, snap=50, metrics=('fid50k_full',), seed=0, cond=False, subset=None, mirror=False, cfg='auto',
     gamma=None, kimg=None, batch=None, aug='ada', p=None, target=None, augpipe='bgc', resume=None, freezed=0,
-    fp32=False, nhwc=False, nobench=False, allow_tf32=False, workers=3, nir_weight=1.0, nir_r1=True, tick=None,
+    fp32=False, nhwc=False, nobench=False, allow_tf32=False, workers=None, nir_weight=1.0, nir_r1=True, tick=None,
     device=None, detector_dir=None, given=(),
 ):
     """Turn the command-line options into ``(description, training_loop kwargs)``; opens the dataset once to
@@ -229,6 +229,8 @@ def setup_training_options(
         c.cudnn_benchmark = False
     if allow_tf32:
         c.allow_tf32 = True
+    if workers is None:  # upstream's 3, but never more than the CPUs (more only slows a small machine down)
+        workers = min(3, os.cpu_count() or 1)
     if workers < 0:
         raise UserError('--workers must be non-negative')
     c.data_loader_kwargs.num_workers = workers

@@ -1,0 +1,118 @@
+"""The one-command demo, its stand-in annotator and the main notebook.
+
+The annotator is checked against the renderer's own masks (an independent reference). The demo and the notebook run
+every step of the pipeline with the demo settings except a shorter GAN training (1 kimg instead of 10) and fewer
+pairs, to keep the suite within minutes; demo.py's defaults are what the README promises.
+"""
+
+import json
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+
+import demo as demo_script
+from conftest import REPO
+from pipeline import auto_annotate
+from training.demo_eyes import DEMO_CLASSES, render_demo_pair
+
+# The renderer's ids (background, sclera, iris, pupil) as ocular_4class ids (background 0, iris 1, pupil 2, sclera 3).
+RENDER_TO_OCULAR = np.array([0, 3, 1, 2], np.uint8)
+RULE_IOU_BAR = 0.6  # measured: about 0.70 over 300 pairs at 32x32
+
+
+def test_auto_annotator_segments_real_demo_eyes():
+    assert DEMO_CLASSES == ('background', 'sclera', 'iris', 'pupil')
+    inter, union = np.zeros(4), np.zeros(4)
+    for index in range(60):
+        rgb, nir, mask = render_demo_pair(32, seed=5, index=index)
+        truth = RENDER_TO_OCULAR[mask]
+        pred = auto_annotate.annotate(rgb, nir)
+        assert pred.shape == truth.shape and pred.dtype == np.uint8 and pred.max() <= 3
+        for c in range(4):
+            inter[c] += np.logical_and(pred == c, truth == c).sum()
+            union[c] += np.logical_or(pred == c, truth == c).sum()
+    iou = inter / union
+    assert iou.mean() > RULE_IOU_BAR, iou
+    assert iou.min() > 0.4, iou  # every class, not only the background
+
+
+def test_annotator_colours_are_the_ocular_palette():
+    palette = json.loads((REPO / 'interpreter' / 'palettes' / 'ocular_4class.json').read_text())
+    by_id = {c['id']: c['colors'][0] for c in palette['classes']}
+    for cls, rgb in auto_annotate.PALETTE.items():
+        assert by_id[cls] == '#{:02x}{:02x}{:02x}'.format(*rgb)
+    assert by_id[auto_annotate.PUPIL] == '#ff0000' and by_id[auto_annotate.SCLERA] == '#00ff00'
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('demo') / 'run'
+    code = demo_script.main(['--outdir', str(out), '--kimg', '1', '--count', '48', '--num_sample', '20'])
+    return dict(out=out, code=code)
+
+
+def test_demo_runs_every_step(demo_run):
+    out = demo_run['out']
+    assert demo_run['code'] == 0
+    summary = json.loads((out / 'summary.json').read_text())
+    assert [s['step'] for s in summary['steps']] == ['dataset', 'train_gan', 'sample', 'annotate', 'import',
+                                                     'train_interpreter', 'generate', 'overview']
+    assert summary['generated_samples'] == 20
+    kept = [json.loads(line) for line in (out / 'interpreter' / 'samples' / 'kept.jsonl').read_text().splitlines()]
+    assert summary['kept_after_uncertainty_filter'] == len(kept) == 18  # the 10 % most uncertain dropped
+    for entry in kept:
+        for key in ('rgb', 'nir', 'mask', 'mask_color'):
+            assert (out / 'interpreter' / 'samples' / entry[key]).is_file()
+        mask = np.asarray(PIL.Image.open(out / 'interpreter' / 'samples' / entry['mask']))
+        assert mask.shape == (32, 32) and mask.max() <= 3
+    assert len(list((out / 'interpreter' / 'models').glob('model_*.pth'))) == 10
+    for k in range(8):  # the annotations went through the real import step
+        m = np.load(out / 'interpreter' / 'eyes_processed' / f'image_mask{k}.npy')
+        assert m.dtype == np.uint8 and m.shape == (32, 32)
+    with PIL.Image.open(out / 'overview.png') as im:
+        assert im.size[0] > 400 and im.size[1] > 300
+    assert (out / 'checkpoints' / 'demo.pkl').is_file()
+    md = (out / 'summary.md').read_text()
+    assert 'train_db_stylegan2.py' in md and 'prepare_annotations.py' in md
+
+
+def test_demo_rerun_skips_finished_steps(demo_run, capsys):
+    out = demo_run['out']
+    before = (out / 'summary.json').read_text()
+    assert demo_script.main(['--outdir', str(out), '--kimg', '1', '--count', '48', '--num_sample', '20']) == 0
+    text = capsys.readouterr().out
+    assert text.count('done earlier') == 8
+    assert json.loads((out / 'summary.json').read_text())['steps'] == json.loads(before)['steps']
+    # other settings in the same folder: refused with one line, exit code 2
+    assert demo_script.main(['--outdir', str(out), '--kimg', '2', '--count', '48', '--num_sample', '20']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and 'other settings' in err and '\n' not in err
+
+
+def test_notebook_executes(tmp_path):
+    nbformat = pytest.importorskip('nbformat')
+    nbclient = pytest.importorskip('nbclient')
+    pytest.importorskip('ipykernel')
+    nb = nbformat.read(str(REPO / 'main_BiFaceGAN.ipynb'), as_version=4)
+    env = dict(BIGAN_REPO=str(REPO), BIGAN_DEMO_OUT=str(tmp_path / 'nb'), BIGAN_DEMO_KIMG='1',
+               BIGAN_DEMO_COUNT='48', BIGAN_DEMO_NUM_SAMPLE='12')
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the environment
+    try:
+        client = nbclient.NotebookClient(nb, timeout=900, kernel_name='python3', resources=dict(
+            metadata=dict(path=str(REPO))))
+        client.execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    outputs = [o for cell in nb.cells if cell.cell_type == 'code' for o in cell.get('outputs', [])]
+    assert not [o for o in outputs if o.get('output_type') == 'error']
+    images = [o for o in outputs if 'image/png' in o.get('data', {})]
+    assert len(images) >= 7  # an image for every step
+    assert (tmp_path / 'nb' / 'overview.png').is_file()
+    assert json.loads((tmp_path / 'nb' / 'apf' / 'apf_summary.json').read_text())['counts']['total'] > 0
