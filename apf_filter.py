@@ -66,7 +66,7 @@ def _common(f):
     return f
 
 
-@click.command(context_settings=_CTX)
+@click.command(context_settings=_CTX, epilog=__doc__.split('\n\n', 1)[1])
 @click.option('--generated', required=True, metavar='DIR', help='Dataset written by the mask generator.')
 @_common
 @click.option('--outdir', required=True, metavar='DIR', help='Output folder (new, empty, or an earlier APF output).')

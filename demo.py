@@ -1,4 +1,4 @@
-"""Run the whole pipeline on the built-in demo eyes, on a CPU, in about 10 minutes on 2 cores.
+"""Run the whole pipeline on the built-in demo eyes, on a CPU, in about 7 minutes on 2 cores.
 
 \b
   python demo.py                      # everything into out/demo
@@ -19,7 +19,8 @@ import dnnlib.cli
 from pipeline.demo import Demo, DemoError, Settings
 
 
-@click.command(context_settings=dict(help_option_names=['-h', '--help'], max_content_width=120))
+@click.command(context_settings=dict(help_option_names=['-h', '--help'], max_content_width=120),
+               epilog=__doc__.split('\n\n', 1)[1])
 @click.option('--outdir', default='out/demo', show_default=True, metavar='DIR', help='Where everything goes.')
 @click.option('--kimg', type=click.IntRange(min=1), default=Settings.kimg, show_default=True,
               help='GAN training length in thousands of images (about 30 s each on 2 CPU cores).')
