@@ -30,16 +30,11 @@ _CTX = dict(help_option_names=['-h', '--help'], max_content_width=120)
 
 
 def _device(device):
-    import torch
-    if device is None:
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    from torch_utils.misc import DeviceError, get_device
     try:
-        d = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise click.BadParameter(f'unknown device {device!r}', param_hint='--device') from None
-    if d.type == 'cuda' and not torch.cuda.is_available():
-        raise click.BadParameter('CUDA is not available on this machine', param_hint='--device')
-    return str(d)
+        return str(get_device(device))
+    except DeviceError as e:
+        raise click.BadParameter(str(e), param_hint='--device') from None
 
 
 def _common(f):
@@ -113,13 +108,14 @@ def calibrate_cli(real, identity_pattern, weights, arch, device, fp16, batch_siz
     from apf.calibrate import calibrate
     from apf.embed import load_embedder
     from apf.images import scan_real
-    scan_real(real, identity_pattern)  # validate before loading the weights
+    images = scan_real(real, identity_pattern)  # validated before the weights are loaded
     embedder, key = load_embedder(weights, arch, device=_device(device), fp16=fp16, batch_size=batch_size,
                                   center_crop=center_crop)
     if cache is None:
         cache = os.path.join(outdir, 'cache', f'real_embeddings-{arch}.npz') if outdir else ''
     s = calibrate(real, embedder, key, identity_pattern=identity_pattern, fmr=fmr, outdir=outdir, cache=cache,
-                  max_impostor_pairs=max_impostor_pairs, seed=seed, progress=not no_progress, log=click.echo)
+                  max_impostor_pairs=max_impostor_pairs, seed=seed, progress=not no_progress, log=click.echo,
+                  images=images)
     click.echo(f"{s['identities']} identities, {s['images']} images: {s['genuine_pairs']} genuine pairs "
                f"(mean {s['genuine']['mean']:.3f}, std {s['genuine']['std']:.3f}), {s['impostor_pairs']} impostor "
                f"pairs (mean {s['impostor']['mean']:.3f}, std {s['impostor']['std']:.3f})")

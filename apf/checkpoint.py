@@ -111,7 +111,8 @@ def load_backbone(path, arch: str = 'r100', device='cpu', fp16: bool = False, *,
         raise ApfError(f'unknown backbone architecture {arch!r}; known: {", ".join(ARCHITECTURES)}')
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise ApfError(path, 'file not found')
+        raise ApfError(path, 'ArcFace weights file not found (an arcface_torch backbone.pth, e.g. '
+                             'ArcFace_r100_ms1mv3_backbone.pth)')
     if not os.path.isfile(path):
         raise ApfError(path, 'not a file')
     try:

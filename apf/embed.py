@@ -17,16 +17,19 @@ import PIL.Image
 import torch
 
 import dnnlib
-from apf.checkpoint import ApfError
 from apf.images import read_rgb
 
 INPUT_SIZE = 112
 
 
-def preprocess(image: np.ndarray, center_crop: float = 1.0, size: int = INPUT_SIZE) -> np.ndarray:
-    """uint8 RGB [H, W, 3] -> float32 [3, size, size] in [-1, 1]."""
+def _check_center_crop(center_crop):
     if not 0 < center_crop <= 1:
         raise ValueError(f'center_crop must lie in (0, 1], got {center_crop}')
+
+
+def preprocess(image: np.ndarray, center_crop: float = 1.0, size: int = INPUT_SIZE) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> float32 [3, size, size] in [-1, 1]."""
+    _check_center_crop(center_crop)
     im = PIL.Image.fromarray(np.ascontiguousarray(image), 'RGB')
     if center_crop < 1:
         w, h = im.size
@@ -60,19 +63,10 @@ class Embedder:
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.center_crop = float(center_crop)
-        preprocess(np.zeros((4, 4, 3), np.uint8), self.center_crop)  # validates center_crop now
+        _check_center_crop(self.center_crop)
 
     def settings(self) -> dict:
         return dict(input_size=INPUT_SIZE, center_crop=self.center_crop, resize='PIL bicubic', scale='[-1, 1]')
-
-    @torch.no_grad()
-    def embed_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """uint8 RGB images -> float32 [N, D] unit vectors."""
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = np.stack([preprocess(im, self.center_crop) for im in images[start:start + self.batch_size]])
-            out.append(self._forward(batch))
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device)
@@ -83,21 +77,14 @@ class Embedder:
     @torch.no_grad()
     def embed_files(self, paths: Sequence[str], progress: bool = True, desc: str = 'embedding') -> np.ndarray:
         """Image files -> float32 [N, D] unit vectors; an unreadable file is an ``ApfError`` naming it."""
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(paths), desc=desc, unit='img', dynamic_ncols=True)
+        from tqdm import tqdm
         out = []
-        try:
+        with tqdm(total=len(paths), desc=desc, unit='img', dynamic_ncols=True, disable=not progress) as bar:
             for start in range(0, len(paths), self.batch_size):
                 chunk = paths[start:start + self.batch_size]
                 batch = np.stack([preprocess(read_rgb(p), self.center_crop) for p in chunk])
                 out.append(self._forward(batch))
-                if bar is not None:
-                    bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
+                bar.update(len(chunk))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -160,9 +147,6 @@ class EmbeddingCache:
 def load_embedder(weights, arch, device='cpu', fp16=False, batch_size=32, center_crop=1.0):
     """The backbone from ``weights`` as an ``Embedder`` plus the cache key describing weights and preprocessing."""
     from apf.checkpoint import load_backbone
-    if not os.path.isfile(weights):
-        raise ApfError(weights, 'ArcFace weights not found (the arcface_torch backbone.pth, e.g. '
-                                'ArcFace_r100_ms1mv3_backbone.pth; pass it with --weights)')
     model = load_backbone(weights, arch=arch, device=device, fp16=fp16)
     embedder = Embedder(model, device=device, batch_size=batch_size, center_crop=center_crop)
     key = dict(arch=arch, weights_sha256=file_digest(weights), fp16=bool(fp16 and torch.device(device).type == 'cuda'),

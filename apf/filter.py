@@ -18,7 +18,6 @@ import glob
 import io
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List
@@ -29,6 +28,7 @@ import dnnlib
 from apf import plots
 from apf.checkpoint import ApfError
 from apf.images import IMAGE_EXTENSIONS, scan_real
+from interpreter.generate import finished_samples
 
 AUTHORS_THRESHOLD = 0.622  # ArcBiFaceGAN: mean - 2 std of genuine ArcFace r100 scores (0.776 - 2 * 0.077)
 AUTHORS_DUPLICATE_THRESHOLD = 0.853
@@ -50,22 +50,18 @@ def _read_jsonl(path) -> List[dict]:
     out = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
+            if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
+                out.append(json.loads(line))
             except json.JSONDecodeError:
-                if path.endswith('.jsonl') and os.path.basename(path).startswith('metadata-'):
-                    continue  # a line cut by a crash of the generator: that sample was redone or is absent
                 raise ApfError(path, f'line {n} is not JSON') from None
-            if not isinstance(entry, dict) or 'rgb' not in entry:
-                raise ApfError(path, f'line {n} has no "rgb" entry (not written by the mask generator?)')
-            out.append(entry)
     return out
 
 
-def _sample_from_entry(entry) -> GeneratedSample:
+def _sample_from_entry(entry, source) -> GeneratedSample:
+    if not isinstance(entry, dict) or not isinstance(entry.get('rgb'), str):
+        raise ApfError(source, 'an entry has no "rgb" file (not written by the mask generator?)')
     files = {k: entry[k] for k in SAMPLE_KINDS if isinstance(entry.get(k), str)}
     name = os.path.splitext(os.path.basename(files['rgb']))[0]
     return GeneratedSample(name, files, dict(entry))
@@ -81,14 +77,15 @@ def scan_generated(root, use_kept: bool = True):
     kept = os.path.join(root, 'kept.jsonl')
     shards = sorted(glob.glob(os.path.join(root, 'metadata-*.jsonl')))
     if use_kept and os.path.isfile(kept):
-        samples, source = [_sample_from_entry(e) for e in _read_jsonl(kept)], 'kept.jsonl'
+        samples, source = [_sample_from_entry(e, kept) for e in _read_jsonl(kept)], 'kept.jsonl'
     elif shards:
-        by_name = {}
-        for path in shards:
-            for e in _read_jsonl(path):
-                s = _sample_from_entry(e)
-                by_name[s.name] = s
-        samples, source = [by_name[k] for k in sorted(by_name)], 'metadata-*.jsonl'
+        source = 'metadata-*.jsonl'
+        try:
+            entries = finished_samples(root)
+        except (KeyError, TypeError, ValueError):
+            raise ApfError(os.path.join(root, source), 'a line has no sample "index" (not written by the mask '
+                                                        'generator?)') from None
+        samples = [_sample_from_entry(entries[i], os.path.join(root, source)) for i in sorted(entries)]
     elif os.path.isdir(os.path.join(root, 'RGB')):
         samples, source = [], 'RGB/ NIR/ masks/ folders'
         for name in sorted(os.listdir(os.path.join(root, 'RGB'))):
@@ -134,14 +131,16 @@ def identity_similarities(gen, real, real_identities, mode='max', chunk=2048):
         templates /= np.maximum(np.linalg.norm(templates, axis=1, keepdims=True), 1e-12)
     elif mode != 'max':
         raise ValueError(f"identity score mode must be 'max' or 'mean', got {mode!r}")
+    real64 = real.astype(np.float64).T
     for s in range(0, n, chunk):
-        sims = gen[s:s + chunk].astype(np.float64) @ real.T.astype(np.float64)  # [c, n_real]
+        g = gen[s:s + chunk].astype(np.float64)
+        sims = g @ real64  # [c, n_real]
         if mode == 'max':
             nearest[s:s + chunk] = sims.argmax(1)
             score[s:s + chunk] = sims.max(1)
             ident[s:s + chunk] = id_of_row[nearest[s:s + chunk]]
         else:
-            tsims = gen[s:s + chunk].astype(np.float64) @ templates.T.astype(np.float64)
+            tsims = g @ templates.T.astype(np.float64)
             ident[s:s + chunk] = tsims.argmax(1)
             score[s:s + chunk] = tsims.max(1)
             masked = np.where(id_of_row[None, :] == ident[s:s + chunk, None], sims, -np.inf)
@@ -186,20 +185,6 @@ def check_outdir(outdir, generated_root):
     return out
 
 
-def _copy_atomic(src, dst):
-    tmp = f'{dst}.tmp-{os.getpid()}'
-    try:
-        try:
-            os.link(src, tmp)  # same file system: no copy
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_text(path, text):
     with dnnlib.util.atomic_write(path, 'w') as f:
         f.write(text)
@@ -208,7 +193,7 @@ def _write_text(path, text):
 def write_outputs(outdir, generated_root, samples, rows, accepted, manifest_only, hist_args):
     """The accepted samples (or a manifest), the report, the histogram, then the summary (by the caller)."""
     os.makedirs(outdir, exist_ok=True)
-    keep_names = {f'{samples[i].name}' for i in accepted}
+    keep_names = {samples[i].name for i in accepted}
     for sub in SUBDIR_OF.values():  # a rerun with other settings: drop what an earlier run accepted
         d = os.path.join(outdir, sub)
         if os.path.isdir(d):
@@ -218,6 +203,9 @@ def write_outputs(outdir, generated_root, samples, rows, accepted, manifest_only
     for stale in ('metadata.jsonl', 'accepted.jsonl'):
         if os.path.exists(os.path.join(outdir, stale)):
             os.remove(os.path.join(outdir, stale))
+    if not manifest_only:
+        for kind in {kind for i in accepted for kind in samples[i].files}:
+            os.makedirs(os.path.join(outdir, SUBDIR_OF[kind]), exist_ok=True)
     lines = []
     for i in accepted:
         s = samples[i]
@@ -227,9 +215,8 @@ def write_outputs(outdir, generated_root, samples, rows, accepted, manifest_only
             entry.update({k: os.path.join(generated_root, rel) for k, rel in s.files.items()})
         else:
             for kind, rel in s.files.items():
-                os.makedirs(os.path.join(outdir, SUBDIR_OF[kind]), exist_ok=True)
                 dst_rel = f'{SUBDIR_OF[kind]}/{os.path.basename(rel)}'
-                _copy_atomic(os.path.join(generated_root, rel), os.path.join(outdir, dst_rel))
+                dnnlib.util.copy_atomic(os.path.join(generated_root, rel), os.path.join(outdir, dst_rel))
                 entry[kind] = dst_rel
         lines.append(json.dumps(entry))
     _write_text(os.path.join(outdir, 'accepted.jsonl' if manifest_only else 'metadata.jsonl'),

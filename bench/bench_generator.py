@@ -13,9 +13,10 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
+
+from bench_common import default_device, run_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER256 = dict(z_dim=512, w_dim=512, c_dim=0, img_resolution=256, img_channels=3,
@@ -87,9 +88,7 @@ def main():
     parser.add_argument('--out', default=os.path.join(REPO, 'bench', 'results', 'bench_generator.json'))
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device is None:
-        import torch
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    args.device = default_device(args.device)
     if args.worker:
         return worker(args)
 
@@ -97,10 +96,7 @@ def main():
     for spec in variants(args.device):
         cmd = [sys.executable, __file__, '--device', args.device, '--batch', str(args.batch), '--reps',
                str(args.reps), '--warmup', str(args.warmup), '--worker', json.dumps(spec)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f'benchmark worker failed for {spec["name"]}:\n{out.stderr}')
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(run_worker(cmd, spec['name']))
 
     base = rows[1]['median_s'] if len(rows) > 1 else rows[0]['median_s']
     print(f'\nGenerator inference, paper256 (256x256), device {args.device}, batch {args.batch}, '

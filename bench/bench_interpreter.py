@@ -29,10 +29,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
+
+from bench_common import default_device, run_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER256 = dict(z_dim=512, w_dim=512, c_dim=0, img_resolution=256, img_channels=3,
@@ -284,9 +285,7 @@ def main():
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     parser.add_argument('--tmp', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device is None:
-        import torch
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    args.device = default_device(args.device)
     if args.worker:
         return worker(args)
 
@@ -305,10 +304,7 @@ def main():
             if args.threads:
                 cmd += ['--threads', str(args.threads)]
             print(f'running {path} ...', file=sys.stderr, flush=True)
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f'benchmark worker {path} failed:\n{out.stderr}')
-            rows[path] = json.loads(out.stdout.strip().splitlines()[-1])
+            rows[path] = run_worker(cmd, path)
         agree = None
         if 'dense' in rows:
             import numpy as np

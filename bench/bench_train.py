@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 
+from bench_common import default_device, run_worker
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = {  # name: (cfg, resolution, batch on CPU, batch on CUDA)
@@ -70,9 +72,7 @@ def main():
     parser.add_argument('--out', default=os.path.join(REPO, 'bench', 'results', 'bench_train.json'))
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device is None:
-        import torch
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    args.device = default_device(args.device)
     if args.worker:
         return worker(args)
 
@@ -82,10 +82,7 @@ def main():
             sys.exit(f'unknown config {name!r}; choose from {", ".join(CONFIGS)}')
         cmd = [sys.executable, __file__, '--device', args.device, '--ticks', str(args.ticks), '--iters-per-tick',
                str(args.iters_per_tick), '--worker', name]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f'benchmark worker failed for {name}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}')
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(run_worker(cmd, name))
 
     print(f'\nDual-branch StyleGAN2 training, device {args.device}, {rows[0]["threads"]} threads '
           f'(median of {args.ticks} ticks x {args.iters_per_tick} iterations)\n')

@@ -11,6 +11,7 @@ import importlib
 import io
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -279,6 +280,24 @@ def atomic_write(path, mode: str = "wb", fsync: bool = False, **open_kwargs):
         os.replace(tmp_path, path)
     except BaseException:
         f.close()
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+        raise
+
+
+def copy_atomic(src, dst) -> None:
+    """Copy file ``src`` to ``dst`` the way `atomic_write` writes: under a temporary name, renamed when complete. A
+    hard link where the file system allows one (no bytes copied; the files the project writes are only ever replaced
+    by renaming, never changed in place, so sharing the data is safe)."""
+    dst = os.fspath(dst)
+    tmp_path = f"{dst}.tmp-{os.getpid()}"
+    try:
+        try:
+            os.link(src, tmp_path)
+        except OSError:
+            shutil.copyfile(src, tmp_path)
+        os.replace(tmp_path, dst)
+    except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp_path)
         raise

@@ -39,7 +39,9 @@ def _write_png(path, array, mode):
         PIL.Image.fromarray(array, mode).save(f, 'PNG')
 
 
-def _done_indices(out_dir):
+def finished_samples(out_dir):
+    """``{index: metadata entry}`` of every sample of ``out_dir`` whose line is in a ``metadata-*.jsonl`` shard (a line
+    cut by a crash is skipped: that sample counts as not done)."""
     done = {}
     for path in glob.glob(os.path.join(out_dir, 'metadata-*.jsonl')):
         with open(path) as f:
@@ -71,7 +73,7 @@ def generate_dataset(cfg, resume_dir, num_sample, start_step=0, out_dir=None, se
                                                   top_fraction=cfg.uncertainty_top_fraction)
     for sub in SUBDIRS:
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    done = _done_indices(out_dir)
+    done = finished_samples(out_dir)
     indices = [i for i in range(start_step, start_step + num_sample) if i not in done]
     if len(indices) < num_sample:
         log(f'{num_sample - len(indices)} of the {num_sample} samples are already in {out_dir}; continuing')
@@ -132,7 +134,7 @@ def select_by_uncertainty(scores, portion, skip_lowest=0):
 
 def filter_by_uncertainty(out_dir, portion, skip_lowest=0):
     """Write ``kept.jsonl`` and ``rejected.jsonl`` for every sample in ``out_dir``; returns their counts."""
-    entries = sorted(_done_indices(out_dir).values(), key=lambda e: e['index'])
+    entries = sorted(finished_samples(out_dir).values(), key=lambda e: e['index'])
     if not entries:
         raise ValueError(f'{out_dir}: no generated samples (no metadata-*.jsonl lines)')
     kept, rejected = select_by_uncertainty([e['uncertainty_score'] for e in entries], portion, skip_lowest)

@@ -20,26 +20,14 @@ from tqdm import tqdm
 
 import dnnlib
 from interpreter.config import ConfigError
+from torch_utils import misc
 from training import legacy
 
 
 def pick_device(device=None) -> torch.device:
-    """``device`` as given (e.g. 'cpu', 'cuda', 'cuda:1'), else CUDA when available, else the CPU.
-
-    Raises ValueError for an unknown device string or a CUDA device on a machine without one.
-    """
-    if device is None or device == '':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f'unknown device {device!r} ({exc})') from None
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise ValueError(f'device {device!r}: CUDA is not available on this machine')
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f'device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present')
-    return dev
+    """``device`` as given (e.g. 'cpu', 'cuda', 'cuda:1'), else CUDA when available, else the CPU; a ValueError
+    (``torch_utils.misc.DeviceError``) for an unknown device or a CUDA device this machine does not have."""
+    return misc.get_device(device)
 
 
 def load_generator(path, key: str = 'G_ema', device='cpu'):

@@ -27,13 +27,8 @@ def compute_fid(opts, max_real, num_gen):
 
     Returns ``{modality: fid}`` (NaN on ranks other than 0).
     """
-    detector_kwargs = dict(return_features=True)  # pool features of the upstream TorchScript Inception
-    real = metric_utils.compute_feature_stats_for_dataset(
-        opts=opts, detector_url=metric_utils.INCEPTION_URL, detector_kwargs=detector_kwargs, rel_lo=0, rel_hi=0,
-        capture_mean_cov=True, max_items=max_real)
-    gen = metric_utils.compute_feature_stats_for_generator(
-        opts=opts, detector_url=metric_utils.INCEPTION_URL, detector_kwargs=detector_kwargs, rel_lo=0, rel_hi=1,
-        capture_mean_cov=True, max_items=num_gen)
+    real, gen = metric_utils.compute_real_and_generated_features(
+        opts, metric_utils.INCEPTION_URL, max_real=max_real, num_gen=num_gen, capture_mean_cov=True)
     if opts.rank != 0:
         return {modality: float('nan') for modality in gen}
     results = {}

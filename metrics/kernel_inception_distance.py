@@ -35,13 +35,8 @@ def kernel_inception_distance(real_features, gen_features, num_subsets=100, max_
 
 def compute_kid(opts, max_real, num_gen, num_subsets, max_subset_size):
     """KID of `num_gen` generated pairs against up to `max_real` real pairs; ``{modality: kid}`` (NaN off rank 0)."""
-    detector_kwargs = dict(return_features=True)
-    real = metric_utils.compute_feature_stats_for_dataset(
-        opts=opts, detector_url=metric_utils.INCEPTION_URL, detector_kwargs=detector_kwargs, rel_lo=0, rel_hi=0,
-        capture_all=True, max_items=max_real)
-    gen = metric_utils.compute_feature_stats_for_generator(
-        opts=opts, detector_url=metric_utils.INCEPTION_URL, detector_kwargs=detector_kwargs, rel_lo=0, rel_hi=1,
-        capture_all=True, max_items=num_gen)
+    real, gen = metric_utils.compute_real_and_generated_features(
+        opts, metric_utils.INCEPTION_URL, max_real=max_real, num_gen=num_gen, capture_all=True)
     if opts.rank != 0:
         return {modality: float('nan') for modality in gen}
     rng = opts.numpy_rng(salt=2)

@@ -549,3 +549,14 @@ def compute_feature_stats_for_generator(opts, detector_url, detector_kwargs, rel
                 stats[modality].append_torch(features, num_gpus=opts.num_gpus, rank=opts.rank)
             progress.update(stats['rgb'].num_items)
     return stats
+
+
+def compute_real_and_generated_features(opts, detector_url, max_real, num_gen, **stats_kwargs):
+    """Detector features (``return_features``) of up to ``max_real`` real pairs and of ``num_gen`` generated pairs,
+    progress split 0..0 / 0..1 as upstream's FID, KID and PR do; returns ``(real, gen)``, each ``{modality: stats}``."""
+    detector_kwargs = dict(return_features=True)
+    real = compute_feature_stats_for_dataset(opts=opts, detector_url=detector_url, detector_kwargs=detector_kwargs,
+                                             rel_lo=0, rel_hi=0, max_items=max_real, **stats_kwargs)
+    gen = compute_feature_stats_for_generator(opts=opts, detector_url=detector_url, detector_kwargs=detector_kwargs,
+                                              rel_lo=0, rel_hi=1, max_items=num_gen, **stats_kwargs)
+    return real, gen

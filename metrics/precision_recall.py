@@ -86,13 +86,8 @@ def precision_recall(real_features, gen_features, nhood_size=3, row_batch_size=1
 
 def compute_pr(opts, max_real, num_gen, nhood_size, row_batch_size, col_batch_size):
     """``{modality: (precision, recall)}`` on VGG16 features (NaNs off rank 0, as the other metrics)."""
-    detector_kwargs = dict(return_features=True)
-    real = metric_utils.compute_feature_stats_for_dataset(
-        opts=opts, detector_url=metric_utils.VGG16_URL, detector_kwargs=detector_kwargs, rel_lo=0, rel_hi=0,
-        capture_all=True, max_items=max_real)
-    gen = metric_utils.compute_feature_stats_for_generator(
-        opts=opts, detector_url=metric_utils.VGG16_URL, detector_kwargs=detector_kwargs, rel_lo=0, rel_hi=1,
-        capture_all=True, max_items=num_gen)
+    real, gen = metric_utils.compute_real_and_generated_features(
+        opts, metric_utils.VGG16_URL, max_real=max_real, num_gen=num_gen, capture_all=True)
     results = {}
     for modality in gen:
         real_features = real[modality].get_all_torch().to(torch.float16).to(opts.device)

@@ -22,6 +22,9 @@ import PIL.Image
 import PIL.ImageDraw
 
 import dnnlib
+from interpreter.generate import finished_samples
+from pipeline import auto_annotate
+from training.training_loop import latest_snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATES = os.path.join(REPO, 'EXPERIMENTS', 'interpreter', 'demo')
@@ -134,7 +137,7 @@ class Demo:
         log_path = os.path.join(self.paths.logs, f'{step}.log')
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         self.log('      $ ' + _display(args))
-        last = ''
+        last = error = ''
         with open(log_path, 'w') as log:
             proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, bufsize=1)
@@ -143,12 +146,12 @@ class Demo:
                 text = line.rstrip('\n').split('\r')[-1].strip()
                 if text:
                     last = text
+                    error = text if text.startswith('error:') else error
                     if echo(text):
                         self.log(f'      {text}')
             proc.wait()
         if proc.returncode != 0:
-            errors = [line for line in open(log_path).read().splitlines() if line.startswith('error:')]
-            reason = errors[-1] if errors else last
+            reason = error or last
             raise DemoError(f'step {step} failed (exit code {proc.returncode}): {reason} (log: {log_path})')
         return args
 
@@ -159,23 +162,31 @@ class Demo:
             'dataset_tool.py', 'demo', '--dest', self.paths.data, '--count', self.s.count, '--resolution',
             self.s.resolution, '--seed', self.s.seed, '--overwrite'))
 
+    def _latest_snapshot(self):
+        """The newest snapshot (with its training state) of the newest GAN run, or None."""
+        runs = sorted(d for d in glob.glob(os.path.join(self.paths.gan, '*')) if os.path.isdir(d))
+        for run in reversed(runs):
+            snapshot = latest_snapshot(run)
+            if snapshot:
+                return snapshot
+        return None
+
     def train_gan(self):
-        runs = sorted(glob.glob(os.path.join(self.paths.gan, '*', 'network-snapshot-*.pkl')))
+        previous = self._latest_snapshot()
         device = ['--device', self.s.device.split(':')[0]] if self.s.device else []
-        if runs:  # an interrupted training: continue it exactly
-            args = _python('train_db_stylegan2.py', '--outdir', self.paths.gan, '--resume', os.path.dirname(runs[-1]),
+        if previous:  # an interrupted training: continue it exactly
+            args = _python('train_db_stylegan2.py', '--outdir', self.paths.gan, '--resume', os.path.dirname(previous),
                            '--kimg', self.s.kimg)
         else:
             args = _python('train_db_stylegan2.py', '--outdir', self.paths.gan, '--data', self.paths.data, '--cfg',
                            'tiny', '--kimg', self.s.kimg, '--tick', 1, '--snap', 2, '--metrics', 'none', '--aug',
                            'noaug', '--mirror', 1, '--seed', self.s.seed, *device)
         self._command('train_gan', args)
-        snapshots = sorted(glob.glob(os.path.join(self.paths.gan, '*', 'network-snapshot-*.pkl')))
-        if not snapshots:
+        snapshot = self._latest_snapshot()
+        if snapshot is None:
             raise DemoError(f'step train_gan: no network snapshot in {self.paths.gan}')
         os.makedirs(os.path.dirname(self.paths.checkpoint), exist_ok=True)
-        shutil.copyfile(snapshots[-1], self.paths.checkpoint + '.tmp')
-        os.replace(self.paths.checkpoint + '.tmp', self.paths.checkpoint)
+        dnnlib.util.copy_atomic(snapshot, self.paths.checkpoint)
         return args
 
     def _write_configs(self):
@@ -198,7 +209,6 @@ class Demo:
             self.s.num_annotate, '--seed', self.s.seed, '--png', '--overwrite', *self._device()))
 
     def annotate(self):
-        from pipeline import auto_annotate
         src = os.path.join(self.paths.exp, 'images_to_annotate')
         os.makedirs(self.paths.annotations, exist_ok=True)
         for i in ANNOTATED_IDS:
@@ -207,7 +217,7 @@ class Demo:
             nir = np.asarray(PIL.Image.open(nir_path).convert('L'))
             mask = auto_annotate.colorize(auto_annotate.annotate(rgb, nir))
             for path in (rgb_path, nir_path):
-                shutil.copyfile(path, os.path.join(self.paths.annotations, os.path.basename(path)))
+                dnnlib.util.copy_atomic(path, os.path.join(self.paths.annotations, os.path.basename(path)))
             with dnnlib.util.atomic_write(os.path.join(self.paths.annotations, f'image_{i}_mask.png'), 'wb') as f:
                 PIL.Image.fromarray(mask, 'RGB').save(f, 'PNG')
         self.log(f'      wrote {len(ANNOTATED_IDS)} colour masks (ocular_4class palette) to '
@@ -239,7 +249,7 @@ class Demo:
 
     def _summary(self, state, wall):
         kept_path = os.path.join(self.paths.samples, 'kept.jsonl')
-        kept = sum(1 for _ in open(kept_path)) if os.path.isfile(kept_path) else None
+        kept = len(_read_jsonl(kept_path)) if os.path.isfile(kept_path) else None
         generated = len(glob.glob(os.path.join(self.paths.samples, 'RGB', '*.png')))
         where = {
             'overview image': self.paths.overview,
@@ -275,6 +285,11 @@ class Demo:
 # ---------------------------------------------------------------------------------------------------- overview
 
 
+def _read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _tile(array, size):
     im = PIL.Image.fromarray(array)
     return im.convert('RGB').resize((size, size), PIL.Image.NEAREST)
@@ -284,7 +299,6 @@ def write_overview(path, processed_dir, samples_dir, columns=12, tile=96):
     """A grid: the annotated pairs (RGB, NIR, the imported mask) above the generated ones (RGB, NIR, mask), the
     generated ones taken from ``kept.jsonl`` (or every sample) in index order. Masks in the annotation palette
     (ocular_4class: iris blue, pupil red, sclera green, background black)."""
-    from pipeline import auto_annotate
     annotated = []
     for k in range(len(ANNOTATED_IDS)):
         mask_path = os.path.join(processed_dir, f'image_mask{k}.npy')
@@ -293,13 +307,8 @@ def write_overview(path, processed_dir, samples_dir, columns=12, tile=96):
         rgb = np.asarray(PIL.Image.open(glob.glob(os.path.join(processed_dir, f'image_{k}.*'))[0]).convert('RGB'))
         nir = np.asarray(PIL.Image.open(glob.glob(os.path.join(processed_dir, f'image_{k}_NIR.*'))[0]).convert('L'))
         annotated.append((rgb, nir, auto_annotate.colorize(np.load(mask_path))))
-    entries = []
     kept = os.path.join(samples_dir, 'kept.jsonl')
-    if os.path.isfile(kept):
-        entries = [json.loads(line) for line in open(kept) if line.strip()]
-    else:
-        for p in sorted(glob.glob(os.path.join(samples_dir, 'metadata-*.jsonl'))):
-            entries += [json.loads(line) for line in open(p) if line.strip()]
+    entries = _read_jsonl(kept) if os.path.isfile(kept) else list(finished_samples(samples_dir).values())
     entries = sorted(entries, key=lambda e: e['index'])[:columns]
     generated = [(np.asarray(PIL.Image.open(os.path.join(samples_dir, e['rgb']))),
                   np.asarray(PIL.Image.open(os.path.join(samples_dir, e['nir']))),

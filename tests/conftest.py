@@ -48,6 +48,21 @@ def assert_close_to_scale(actual, expected, rel, floor=0.0, name=''):
     assert err <= rel * scale, f'{name}: max abs error {err:.3g} > {rel:g} x scale {scale:.3g}'
 
 
+def assert_one_line_error(code, err, *fragments):
+    """A bad-input exit: code 2 and exactly one stderr line ``error: ...`` holding every fragment."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    for fragment in fragments:
+        assert str(fragment) in lines[0], lines[0]
+
+
+def assert_proc_error(proc, *fragments):
+    """`assert_one_line_error` for a finished ``subprocess.run`` (its stdout shown when the exit code is wrong)."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert_one_line_error(proc.returncode, proc.stderr, *fragments)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     # The parity vectors were made with 2 threads; keep the count fixed so results do not depend on the host.

@@ -20,7 +20,7 @@ import PIL.Image
 import pytest
 
 import prepare_annotations
-from conftest import REPO, shared_dir
+from conftest import REPO, assert_one_line_error, shared_dir
 from interpreter import annotations as ann
 from interpreter.xcf import XcfError, parse_xcf, read_xcf
 
@@ -51,14 +51,6 @@ def run_cli(capsys, *args):
     code = prepare_annotations.main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), err
-    for fragment in fragments:
-        assert str(fragment) in lines[0], lines[0]
 
 
 def assert_nothing_written(output):

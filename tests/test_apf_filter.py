@@ -21,6 +21,7 @@ from apf import filter as filter_module
 from apf.backbones import get_model
 from apf.checkpoint import save_backbone
 from apf.embed import Embedder, preprocess
+from conftest import assert_one_line_error
 
 THRESHOLD = 0.95
 
@@ -223,12 +224,7 @@ def test_manifest_only_and_kept_list(setup):
 
 
 def _expect_error(capsys, args, *fragments):
-    assert _run(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and '\n' not in err, err
-    for fragment in fragments:
-        assert str(fragment) in err, err
-    return err
+    assert_one_line_error(_run(args), capsys.readouterr().err, *fragments)
 
 
 def test_bad_input(setup, capsys, tmp_path):

@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import scipy.ndimage
 
-from conftest import REPO
+from conftest import REPO, assert_proc_error
 from training.dataset import PairedImageDataset
 
 DEMO_RES = 32
@@ -21,14 +21,6 @@ DEMO_COUNT = 6
 def run_tool(*args):
     return subprocess.run([sys.executable, 'dataset_tool.py', *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
-    for fragment in fragments:
-        assert str(fragment) in lines[0], lines[0]
 
 
 @pytest.fixture(scope='module')
@@ -132,10 +124,10 @@ def test_check_fails_on_broken_copy(demo_dir, tmp_path):
     broken = tmp_path / 'broken'
     shutil.copytree(demo_dir, broken)
     (broken / 'NIR' / 'eye_00002.png').unlink()
-    assert_one_line_error(run_tool('check', broken / 'images'), 'eye_00002.png', 'NIR')
+    assert_proc_error(run_tool('check', broken / 'images'), 'eye_00002.png', 'NIR')
     shutil.copy(demo_dir / 'NIR' / 'eye_00002.png', broken / 'NIR')
     (broken / 'images' / 'eye_00004.png').write_bytes(b'\x89PNG garbage')
-    assert_one_line_error(run_tool('check', broken), 'eye_00004.png')
+    assert_proc_error(run_tool('check', broken), 'eye_00004.png')
 
 
 # ---------------------------------------------------------------------------------------------------- convert
@@ -181,7 +173,7 @@ def test_convert_center_crop_of_non_square_source(tmp_path):
     nir = rng.integers(0, 256, [16, 24], dtype=np.uint8)
     PIL.Image.fromarray(rgb).save(src / 'images' / 'a.png')
     PIL.Image.fromarray(nir).save(src / 'NIR' / 'a.jpg', quality=100)
-    assert_one_line_error(run_tool('convert', '--source', src, '--dest', tmp_path / 'out'), 'a.png', 'square')
+    assert_proc_error(run_tool('convert', '--source', src, '--dest', tmp_path / 'out'), 'a.png', 'square')
     assert not (tmp_path / 'out').exists()
     proc = run_tool('convert', '--source', src, '--dest', tmp_path / 'out', '--transform', 'center-crop')
     assert proc.returncode == 0, proc.stderr
@@ -195,8 +187,8 @@ def test_existing_destination_is_refused_and_left_alone(demo_dir, tmp_path):
     dest = tmp_path / 'taken'
     dest.mkdir()
     (dest / 'keep.txt').write_text('mine')
-    assert_one_line_error(run_tool('convert', '--source', demo_dir, '--dest', dest), 'taken', 'exists')
-    assert_one_line_error(run_tool('demo', '--dest', dest, '--count', 1, '--resolution', 16), 'taken', 'exists')
+    assert_proc_error(run_tool('convert', '--source', demo_dir, '--dest', dest), 'taken', 'exists')
+    assert_proc_error(run_tool('demo', '--dest', dest, '--count', 1, '--resolution', 16), 'taken', 'exists')
     assert sorted(p.name for p in dest.iterdir()) == ['keep.txt']
     assert sorted(p.name for p in tmp_path.iterdir()) == ['taken']  # no temporary leftovers
     proc = run_tool('demo', '--dest', dest, '--count', 1, '--resolution', 16, '--overwrite')
@@ -205,10 +197,10 @@ def test_existing_destination_is_refused_and_left_alone(demo_dir, tmp_path):
 
 
 def test_bad_options_give_one_line_errors(demo_dir, tmp_path):
-    assert_one_line_error(run_tool('demo', '--dest', tmp_path / 'x', '--resolution', 48), '--resolution', '48')
-    assert_one_line_error(run_tool('convert', '--source', tmp_path / 'missing', '--dest', tmp_path / 'y.zip'),
+    assert_proc_error(run_tool('demo', '--dest', tmp_path / 'x', '--resolution', 48), '--resolution', '48')
+    assert_proc_error(run_tool('convert', '--source', tmp_path / 'missing', '--dest', tmp_path / 'y.zip'),
                           'missing')
-    assert_one_line_error(run_tool('convert', '--source', demo_dir, '--dest', tmp_path / 'z', '--transform',
+    assert_proc_error(run_tool('convert', '--source', demo_dir, '--dest', tmp_path / 'z', '--transform',
                                    'center-crop-wide'), '--resolution')
     assert not any(tmp_path.iterdir())
 

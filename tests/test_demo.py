@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 
 import demo as demo_script
-from conftest import REPO
+from conftest import REPO, assert_one_line_error
 from pipeline import auto_annotate
 from training.demo_eyes import DEMO_CLASSES, render_demo_pair
 
@@ -86,9 +86,8 @@ def test_demo_rerun_skips_finished_steps(demo_run, capsys):
     assert text.count('done earlier') == 8
     assert json.loads((out / 'summary.json').read_text())['steps'] == json.loads(before)['steps']
     # other settings in the same folder: refused with one line, exit code 2
-    assert demo_script.main(['--outdir', str(out), '--kimg', '2', '--count', '48', '--num_sample', '20']) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and 'other settings' in err and '\n' not in err
+    code = demo_script.main(['--outdir', str(out), '--kimg', '2', '--count', '48', '--num_sample', '20'])
+    assert_one_line_error(code, capsys.readouterr().err, 'other settings')
 
 
 def test_notebook_executes(tmp_path):

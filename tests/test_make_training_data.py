@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import make_training_data
-from conftest import REPO
+from conftest import REPO, assert_proc_error
 from interpreter import latents
 from interpreter.config import ConfigError, load_config
 from training import legacy, networks
@@ -61,14 +61,6 @@ def run_cli(*args):
     env = dict(os.environ, OMP_NUM_THREADS='2', MKL_NUM_THREADS='2')  # the thread count of the test process
     return subprocess.run([sys.executable, 'make_training_data.py', *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env=env)
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
-    for fragment in fragments:
-        assert str(fragment) in lines[0], lines[0]
 
 
 def files_of(folder):
@@ -216,11 +208,11 @@ def test_bad_input_one_line_exit_2(setup, tmp_path, capsys):
     bad = tmp_path / 'bad.json'
     bad.write_text('{"exp_dir": "x", "dim": [16, 16, 8],')
     proc = run_cli('--exp', bad, '--sv_path', tmp_path / 'out1')
-    assert_one_line_error(proc, str(bad), 'not valid JSON')
+    assert_proc_error(proc, str(bad), 'not valid JSON')
     config = dict(setup['config'], stylegan_checkpoint=str(tmp_path / 'nowhere.pkl'))
     (tmp_path / 'missing.json').write_text(json.dumps(config))
     proc = run_cli('--exp', tmp_path / 'missing.json', '--sv_path', tmp_path / 'out2')
-    assert_one_line_error(proc, 'stylegan_checkpoint', 'nowhere.pkl not found')
+    assert_proc_error(proc, 'stylegan_checkpoint', 'nowhere.pkl not found')
 
     not_a_pickle = tmp_path / 'junk.pkl'
     not_a_pickle.write_bytes(b'junk')

@@ -17,21 +17,30 @@ import torch
 # Devices
 
 
+class DeviceError(RuntimeError, ValueError):
+    """A device string that is unknown or not present on this machine (a ValueError for input validation, a
+    RuntimeError as torch raises for unknown device strings)."""
+
+
 def get_device(device=None) -> torch.device:
     """The device to compute on: the user's choice if given, else 'cuda' when available, else 'cpu'.
 
     A plain 'cuda' (no index) means the current CUDA device, which each training process selects with
-    torch.cuda.set_device(), so nothing here pins work to a particular GPU.
+    torch.cuda.set_device(), so nothing here pins work to a particular GPU. Raises ``DeviceError`` for an unknown
+    device string or a CUDA device this machine does not have.
     """
-    if device is None:
+    if device is None or device == "":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"unknown device {device!r} ({exc})") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"Device {str(device)!r} was requested but CUDA is not available; use 'cpu'")
+            raise DeviceError(f"Device {str(device)!r} was requested but CUDA is not available; use 'cpu'")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"Device {str(device)!r} was requested but only {torch.cuda.device_count()} CUDA "
-                               "device(s) are visible")
+            raise DeviceError(f"Device {str(device)!r} was requested but only {torch.cuda.device_count()} CUDA "
+                              "device(s) are visible")
     return device
 
 
