@@ -250,6 +250,11 @@ def test_bad_input(setup, capsys, tmp_path):
     _expect_error(capsys, args[:k] + [flat] + args[k + 1:], 'x.png', 'identity')
     _expect_error(capsys, args[:k] + [flat] + args[k + 1:] + ['--identity-pattern', r'^(\d+)_'], 'x.png',
                   'does not match')
+    shard = s['gen'] / 'metadata-000000-000004.jsonl'
+    good = shard.read_text()
+    shard.write_text(good.replace('"index": 3, ', ''))  # a line without its sample index
+    _expect_error(capsys, args, 'metadata-*.jsonl', 'index')
+    shard.write_text(good)
     (s['real'] / 'id_c' / '0.png').write_bytes(b'not a png')
     _expect_error(capsys, args, '0.png', 'cannot read')
     assert not s['out'].exists()

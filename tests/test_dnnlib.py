@@ -289,3 +289,16 @@ def test_atomic_write_keeps_old_file_and_removes_temp_on_error(tmp_path):
             raise RuntimeError("boom")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_copy_atomic_copies_and_cleans_up(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"\x00payload" * 100)
+    dst = tmp_path / "out" / "dst.bin"
+    dst.parent.mkdir()
+    dst.write_bytes(b"old")
+    util.copy_atomic(src, dst)
+    assert dst.read_bytes() == src.read_bytes()
+    with pytest.raises(FileNotFoundError):
+        util.copy_atomic(tmp_path / "missing.bin", tmp_path / "out" / "never.bin")
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["dst.bin"]  # no temporary file, no half copy

@@ -66,6 +66,10 @@ def test_get_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             misc.get_device("cuda")
+    for bad in ("tpu", "cuda:99" if torch.cuda.is_available() else "cuda:0"):
+        with pytest.raises(misc.DeviceError) as err:
+            misc.get_device(bad)
+        assert isinstance(err.value, ValueError) and isinstance(err.value, RuntimeError)  # both callers' contracts
 
 
 # ---------------------------------------------------------------------------------------------------------------------
