@@ -1,28 +1,34 @@
 """Mask generation with the pixel-classifier ensemble, dense reference vs fast path, and the training-time feature
 store: time per sample and peak memory at 256x256 with the paper256 features (14 maps, 4992 channels).
 
-Paths (each in its own subprocess, so that peak memory is measured cleanly):
+Paths:
 
 * ``dense``: the reference, as the originals: every map upsampled to 256x256 and concatenated into a
   [65536, 4992] matrix, every classifier run on all of it.
 * ``fast``: ``EnsemblePredictor(fast=True)``: each classifier's first layer applied at the maps' native
-  resolutions, only its 128-channel result upsampled, band by band.
+  resolutions, only its 128-channel result upsampled, band by band (on CPU through the C upsampling kernel).
+* ``fast_torch`` (CPU): the same with the kernel off, i.e. the PyTorch fallback used where no C compiler exists.
 * ``generator`` (with ``--features generator`` or ``--generator``): the paper256 generator's forward pass with its
   feature maps, common to both paths and reported separately.
 * ``train``: ``NativeFeatureStore`` of 8 annotated samples plus ``--train-batches`` batches of 64 random pixels
   gathered from it, each followed by one Adam step of a classifier (the originals' training loop).
 
+Speed: one worker runs every path in interleaved rounds (dense, fast, fast_torch, dense, ...; the fast paths best
+of ``--fast-tries`` per round) and the speed-up is the median over rounds of dense / path. Shared machines drift by
+tens of percent within minutes, so only times taken side by side are compared. Memory: each path in a process of
+its own (one warm-up sample, then ``--memory-reps``).
+
 The classifiers have the originals' shape (4992 -> 128 -> 32 -> C, C = 4 by default) with their init (Linear
 weights N(0, 0.02), biases 0; BatchNorm defaults) from fixed seeds; the features are random tensors of the exact
-shapes (default) or a real paper256 generator's output (``--features generator``, random weights, fixed z). The
-dense and fast workers use the same features and models; the table reports how many labels agree.
+shapes (default) or a real paper256 generator's output (``--features generator``, random weights, fixed z). All
+paths use the same features and models; the table reports how many labels agree.
 
 Peak memory: CPU peak RSS (``resource.getrusage``; the kernel's peak counter is reset right before the measured
 section where Linux allows it) minus the RSS at that point, i.e. what the path itself needs on top of the
 features and models; the absolute process peak is in the JSON. CUDA: ``torch.cuda.max_memory_allocated`` minus
 the allocation at that point.
 
-    python bench/bench_interpreter.py [--device cpu|cuda] [--models 10] [--reps 3] [--out ...json]
+    python bench/bench_interpreter.py [--device cpu|cuda] [--models 10] [--reps 5] [--out ...json]
 """
 
 import argparse
@@ -41,6 +47,9 @@ PAPER256 = dict(z_dim=512, w_dim=512, c_dim=0, img_resolution=256, img_channels=
                 synthesis_kwargs=dict(channel_base=16384, channel_max=512, num_fp16_res=4, conv_clamp=256))
 LAYOUT = [(c, r) for r, c in {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64}.items() for _ in range(2)]
 OUT_RES = 256
+VARIANTS = ('dense', 'fast', 'fast_torch')
+NAMES = dict(dense='dense reference', fast='fast (native-resolution first layer, C upsampling kernel)',
+             fast_torch='fast, PyTorch only (the fallback without a C compiler)')
 
 
 # ----------------------------------------------------------------------------------------------- measurements
@@ -158,32 +167,50 @@ def run_generator(args, device):
     return dict(times_s=times, **mem.stop())
 
 
-def run_predictor(args, device, fast):
-    import numpy as np
-
-    from interpreter.features import EnsemblePredictor
+def load_features(args, device):
     if args.features == 'generator':
         G = make_generator(device)
         feats = generator_features(G, 0, device)
         del G
-        feats = [f.float() for f in feats]
-    else:
-        feats = random_features(0, device)
+        return [f.float() for f in feats]
+    return random_features(0, device)
+
+
+def make_predictor(args, models, variant):
+    from interpreter.features import EnsemblePredictor
+    if variant == 'dense':
+        return EnsemblePredictor(models, OUT_RES, 'bilinear', fast=False)
+    kwargs = dict(models_per_pass=args.models_per_pass)  # None: the predictor's choice
+    if args.chunk:
+        kwargs['chunk'] = args.chunk
+    return EnsemblePredictor(models, OUT_RES, 'bilinear', fast=True, **kwargs)
+
+
+def predict(predictor, feats, variant):
+    """One sample; ``fast_torch`` keeps the fast path off the C kernel (its PyTorch fallback)."""
+    from torch_utils.custom_ops import reference_ops
+    with reference_ops(variant == 'fast_torch'):
+        return predictor(feats)
+
+
+def run_predictor(args, device, variant):
+    """Peak memory (and times) of one path in a process of its own."""
+    import numpy as np
+    feats = load_features(args, device)
     models = make_models(args.models, args.classes, device)
     mem = Memory(device).start()
-    kwargs = dict(models_per_pass=args.models_per_pass, chunk=args.chunk) if fast else {}
-    predictor = EnsemblePredictor(models, OUT_RES, 'bilinear', fast=fast, **kwargs)
+    predictor = make_predictor(args, models, variant)
     times = []
     result = None
-    for i in range(args.warmup + args.reps):
+    for i in range(args.warmup + args.memory_reps):
         sync(device)
         start = time.perf_counter()
-        result = predictor(feats)
+        result = predict(predictor, feats, variant)
         sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     out = dict(times_s=times, **mem.stop())
-    if not fast:  # how much of the dense time is building the feature matrix
+    if variant == 'dense':  # how much of the dense time is building the feature matrix
         from interpreter.features import dense_features
         sync(device)
         start = time.perf_counter()
@@ -191,10 +218,42 @@ def run_predictor(args, device, fast):
         sync(device)
         out['feature_matrix_s'] = time.perf_counter() - start
         del x
-    np.save(os.path.join(args.tmp, f'labels_{"fast" if fast else "dense"}.npy'), result.labels.cpu().numpy())
+    if variant != 'dense':
+        out['kernel'] = predictor._plan.kernel is not None
+        out['models_per_pass'] = len(predictor._passes[0][0].members)
+        out['chunk'] = predictor.chunk
+    np.save(os.path.join(args.tmp, f'labels_{variant}.npy'), result.labels.cpu().numpy())
     out['score'] = result.score
     out['js_mean'] = float(result.js.mean())
     return out
+
+
+def run_speed(args, device):
+    """All paths in one process, in interleaved rounds (dense, fast, fast_torch, dense, ...): this machine's speed
+    drifts by tens of percent over minutes, so a speed-up is only meaningful between times taken side by side."""
+    feats = load_features(args, device)
+    models = make_models(args.models, args.classes, device)
+    variants = [v for v in VARIANTS if v in args.variants.split(',')]
+    predictors = {v: make_predictor(args, models, v) for v in variants}
+    for v in variants:
+        for _ in range(args.warmup):
+            predict(predictors[v], feats, v)
+    rounds = []
+    for _ in range(args.reps):
+        times = {}
+        for v in variants:
+            best = None
+            for _ in range(1 if v == 'dense' else args.fast_tries):  # the fast paths: best of a few (short runs)
+                sync(device)
+                start = time.perf_counter()
+                predict(predictors[v], feats, v)
+                sync(device)
+                t = time.perf_counter() - start
+                best = t if best is None else min(best, t)
+            times[v] = best
+        rounds.append(times)
+        print(json.dumps(times), file=sys.stderr, flush=True)
+    return dict(rounds=rounds)
 
 
 def run_train(args, device):
@@ -249,8 +308,10 @@ def worker(args):
     with torch.no_grad() if args.worker != 'train' else torch.enable_grad():
         if args.worker == 'generator':
             out = run_generator(args, device)
-        elif args.worker in ('dense', 'fast'):
-            out = run_predictor(args, device, fast=args.worker == 'fast')
+        elif args.worker in VARIANTS:
+            out = run_predictor(args, device, args.worker)
+        elif args.worker == 'speed':
+            out = run_speed(args, device)
         else:
             out = run_train(args, device)
     out.update(path=args.worker, threads=torch.get_num_threads())
@@ -270,27 +331,33 @@ def main():
     parser.add_argument('--device', default=None, help="'cpu' or 'cuda' (default: cuda if available)")
     parser.add_argument('--models', type=int, default=10, help='classifiers in the ensemble (default 10)')
     parser.add_argument('--classes', type=int, default=4, help='classes per pixel (default 4, the ocular set)')
-    parser.add_argument('--reps', type=int, default=3, help='timed samples per path (median reported)')
+    parser.add_argument('--reps', type=int, default=5, help='interleaved timing rounds (medians reported)')
+    parser.add_argument('--fast-tries', type=int, default=3, help='fast paths: best of this many per round')
+    parser.add_argument('--memory-reps', type=int, default=1, help='samples per memory worker after the warm-up')
     parser.add_argument('--warmup', type=int, default=1, help='untimed samples first')
     parser.add_argument('--features', choices=['random', 'generator'], default='random',
                         help='random tensors of the paper256 shapes, or a paper256 generator forward pass')
     parser.add_argument('--generator', action='store_true', help='also time the generator forward pass')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
-    parser.add_argument('--models-per-pass', type=int, default=1, help='fast path: classifiers per pass')
-    parser.add_argument('--chunk', type=int, default=4096, help='fast path: pixels per band')
+    parser.add_argument('--models-per-pass', type=int, default=None,
+                        help="fast paths: classifiers per pass (default: EnsemblePredictor's choice)")
+    parser.add_argument('--chunk', type=int, default=None,
+                        help="fast paths: pixels per band (default: EnsemblePredictor's)")
     parser.add_argument('--skip-dense', action='store_true', help='leave out the (slow, 1.3 GB) dense reference')
     parser.add_argument('--train-samples', type=int, default=8, help='annotated samples in the training store')
     parser.add_argument('--train-batches', type=int, default=2000, help='gather + Adam steps of 64 pixels')
     parser.add_argument('--out', default=os.path.join(REPO, 'bench', 'results', 'bench_interpreter.json'))
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+    parser.add_argument('--variants', default=','.join(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument('--tmp', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.device = default_device(args.device)
     if args.worker:
         return worker(args)
 
-    paths = [] if args.skip_dense else ['dense']
-    paths += ['fast', 'train']
+    variants = [v for v in VARIANTS if not (v == 'dense' and args.skip_dense)
+                and not (v == 'fast_torch' and args.device != 'cpu')]  # the C kernel is CPU only
+    paths = variants + ['speed', 'train']
     if args.generator or args.features == 'generator':
         paths.insert(0, 'generator')
     rows = {}
@@ -298,46 +365,56 @@ def main():
         for path in paths:
             cmd = [sys.executable, os.path.abspath(__file__), '--device', args.device, '--models', str(args.models),
                    '--classes', str(args.classes), '--reps', str(args.reps), '--warmup', str(args.warmup),
+                   '--fast-tries', str(args.fast_tries), '--memory-reps', str(args.memory_reps),
                    '--features', args.features, '--train-samples', str(args.train_samples),
-                   '--train-batches', str(args.train_batches), '--models-per-pass', str(args.models_per_pass),
-                   '--chunk', str(args.chunk), '--worker', path, '--tmp', tmp]
-            if args.threads:
-                cmd += ['--threads', str(args.threads)]
+                   '--train-batches', str(args.train_batches), '--variants', ','.join(variants), '--worker', path,
+                   '--tmp', tmp]
+            for flag, value in (('--threads', args.threads), ('--models-per-pass', args.models_per_pass),
+                                ('--chunk', args.chunk)):
+                if value:
+                    cmd += [flag, str(value)]
             print(f'running {path} ...', file=sys.stderr, flush=True)
             rows[path] = run_worker(cmd, path)
-        agree = None
+        agree = {}
         if 'dense' in rows:
             import numpy as np
             a = np.load(os.path.join(tmp, 'labels_dense.npy'))
-            b = np.load(os.path.join(tmp, 'labels_fast.npy'))
-            agree = float((a == b).mean())
+            for v in variants[1:]:
+                agree[v] = float((a == np.load(os.path.join(tmp, f'labels_{v}.npy'))).mean())
 
     mb = 2 ** 20
-    for r in rows.values():
-        if 'times_s' in r:
-            r['median_s'] = median(r['times_s'])
+    rounds = rows['speed']['rounds']
+    for v in variants:
+        rows[v]['median_s'] = median([r[v] for r in rounds])
+        if 'dense' in variants:
+            rows[v]['speedup'] = median([r['dense'] / r[v] for r in rounds])
+            rows[v]['speedup_range'] = [min(r['dense'] / r[v] for r in rounds), max(r['dense'] / r[v] for r in rounds)]
+    if 'generator' in rows:
+        rows['generator']['median_s'] = median(rows['generator']['times_s'])
     threads = rows['fast']['threads']
     print(f'\nMask generation, {args.models} classifiers (4992 -> 128 -> 32 -> {args.classes}), paper256 features '
-          f'({args.features}), 256x256, device {args.device}, {threads} threads, median of {args.reps}\n')
-    print('| path | ms / sample | speed-up | peak MiB | peak ratio |')
+          f'({args.features}), 256x256, device {args.device}, {threads} threads; {len(rounds)} interleaved rounds '
+          f'(median; fast paths best of {args.fast_tries} per round); fast paths: '
+          + ', '.join(f'{v} {rows[v]["models_per_pass"]} models per pass' for v in variants if v != 'dense')
+          + f', chunk {rows["fast"]["chunk"]}\n')
+    print('| path | ms / sample | speed-up (min-max) | peak MiB | peak ratio |')
     print('|---|---:|---:|---:|---:|')
     dense = rows.get('dense')
-    for path in ('dense', 'fast'):
-        if path not in rows:
-            continue
-        r = rows[path]
-        speed = f'{dense["median_s"] / r["median_s"]:.1f}x' if dense else '-'
+    for v in variants:
+        r = rows[v]
+        speed = f'{r["speedup"]:.1f}x ({r["speedup_range"][0]:.1f}-{r["speedup_range"][1]:.1f})' if dense else '-'
         ratio = f'{r["peak_bytes"] / dense["peak_bytes"]:.3f}' if dense else '-'
-        name = 'dense reference' if path == 'dense' else 'fast (native-resolution first layer)'
-        print(f'| {name} | {1000 * r["median_s"]:.0f} | {speed} | {r["peak_bytes"] / mb:.0f} | {ratio} |')
+        print(f'| {NAMES[v]} | {1000 * r["median_s"]:.0f} | {speed} | {r["peak_bytes"] / mb:.0f} | {ratio} |')
     if 'generator' in rows:
         r = rows['generator']
         print(f'| generator forward (common to both) | {1000 * r["median_s"]:.0f} | | {r["peak_bytes"] / mb:.0f} | |')
     if dense and 'feature_matrix_s' in dense:
         print(f'\nOf the dense time, building the [65536, 4992] feature matrix takes '
               f'{1000 * dense["feature_matrix_s"]:.0f} ms (one measurement).')
-    if agree is not None:
-        print(f'\nLabels identical between dense and fast: {100 * agree:.4f} % of pixels.')
+    if args.device == 'cpu' and not rows['fast'].get('kernel'):
+        print('\nNote: the C upsampling kernel was not available; the fast row ran on the PyTorch fallback.')
+    for v, a in agree.items():
+        print(f'\nLabels identical between dense and {v}: {100 * a:.4f} % of pixels.')
     t = rows['train']
     print(f'\nTraining store: {t["samples"]} samples, {t["store_bytes"] / mb:.0f} MiB (float32); '
           f'{t["batches"]} batches of 64 pixels: gather {t["gather_ms"]:.2f} ms, Adam step {t["step_ms"]:.2f} ms '
@@ -346,8 +423,8 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + '.tmp', 'w') as f:
         json.dump(dict(device=args.device, models=args.models, classes=args.classes, features=args.features,
-                       out_res=OUT_RES, layout=LAYOUT, threads=threads, models_per_pass=args.models_per_pass,
-                       chunk=args.chunk, label_agreement=agree, rows=rows), f, indent=2)
+                       out_res=OUT_RES, layout=LAYOUT, threads=threads, label_agreement=agree, rows=rows), f,
+                  indent=2)
     os.replace(args.out + '.tmp', args.out)
     print(f'\nWrote {args.out}')
 

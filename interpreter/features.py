@@ -29,6 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from interpreter import upsample_kernel
+from torch_utils import custom_ops
+
 MODES = ('bilinear', 'nearest')
 
 # --------------------------------------------------------------------------------------------- layout and maps
@@ -426,17 +429,25 @@ class NativeFeatureStore:
 class _ProjectionPlan:
     """How ``sum_k up(W_k F_k) + b`` is evaluated for one feature layout, output size and mode.
 
-    Maps at the output resolution ("top" maps; copied once per sample into one pixel-major matrix) are projected band
-    by band straight into the band's pre-activation.
-    Every other resolution r gets ``P_r = sum_{k at r} F_k^T W_k^T`` (pixel-major [r, r, hidden]) once per call,
-    then an interpolation along x, ``Y_r = P_r x_2 Ux^T`` ([r, R, hidden]; exact phase-wise blends for integer
-    upsampling factors, a small matmul otherwise), and per output band of B rows an interpolation along y,
-    ``Uy[band, lo:hi] @ Y_r[lo:hi]`` (a GEMM over the few source rows the band needs), accumulated into the band.
-    Only ``[B*R, hidden]`` is ever at the output resolution. The P, Y and band buffers are kept between calls
-    (allocating fresh multi-megabyte buffers per call costs more in page faults than the arithmetic).
+    Per sample, the maps at the output resolution ("top") are copied once into one pixel-major matrix
+    ``[R*R, C_top]`` (the maps side by side) and projected band by band straight into the band's pre-activation.
+    Every other resolution r gets ``P_r = F_r^T W_r^T`` (pixel-major [r, r, hidden]) once per call (from a
+    pixel-major copy too when the C kernel runs: a contiguous GEMM operand is 10-20 % faster), which is then
+    upsampled into each band:
+
+    * with the C kernel (``upsample_kernel``; CPU, float32): per output row, every P_r is blended along y into a
+      small cache-resident row, then along x into the band, all resolutions summed per pixel in registers, with the
+      bias and the ReLU fused in;
+    * otherwise (PyTorch): an interpolation along x, ``Y_r = P_r x_2 Ux^T`` ([r, R, hidden]; exact phase-wise
+      blends for integer upsampling factors, a small matmul otherwise), and per output band of B rows an
+      interpolation along y, ``Uy[band, lo:hi] @ Y_r[lo:hi]`` (a GEMM over the few source rows the band needs),
+      accumulated into the band.
+
+    Only ``[B*R, hidden]`` is ever at the output resolution. The buffers are kept between calls (allocating fresh
+    multi-megabyte buffers per call costs more in page faults than the arithmetic).
     """
 
-    def __init__(self, layout, out_res, mode, band_rows, device, dtype):
+    def __init__(self, layout, out_res, mode, band_rows, device, dtype, use_kernel=None):
         self.layout = list(layout)
         self.out_res = out_res
         self.mode = mode
@@ -461,9 +472,20 @@ class _ProjectionPlan:
                 blocks.append((lo, hi, torch.from_numpy(uy[y0:y1, lo:hi]).to(device=device, dtype=dtype)))
             entry['blocks'] = blocks
             entry['xstep'] = self._xstep_plan(r, R, mode, precision)
+            entry['taps'] = source_taps(r, R, mode, np.float32)
+        self.kernel = None
+        usable = torch.device(device).type == 'cpu' and dtype == torch.float32
+        if use_kernel and not usable:
+            raise ValueError(f'the C upsampling kernel runs on CPU in float32, not {device} / {dtype}')
+        if use_kernel is not False and usable and self.low:
+            self.kernel = upsample_kernel.get()
+            if self.kernel is None and use_kernel:
+                raise RuntimeError('the C upsampling kernel is not available (no C compiler, a failed build, or '
+                                   f'{custom_ops.FORCE_REF_ENV}=1); see the warning above')
         self._work = {}
         self._work_hidden = 0
-        self._top = None
+        self._accumulator = None
+        self._pixel_major = {}  # resolution -> [r*r, C_r] copy of the loaded sample's maps
         self._maps = None
 
     def _xstep_plan(self, r, R, mode, precision):
@@ -515,75 +537,124 @@ class _ProjectionPlan:
         """Flat buffers sized for the largest ``hidden`` seen, viewed at the current one."""
         if hidden > self._work_hidden:
             self._work = {}  # release the old buffers first
+            self._accumulator = None
             R = self.out_res
             kw = dict(dtype=self.dtype, device=self.device)
             self._work = dict(P={r: torch.empty(r * r * hidden, **kw) for r in self.low},
-                              Y={r: torch.empty(r * R * hidden, **kw) for r in self.low},
                               band=torch.empty(self.band_rows * R * hidden, **kw))
+            if self.kernel is None:  # the kernel reads P directly; the PyTorch path interpolates along x first
+                self._work['Y'] = {r: torch.empty(r * R * hidden, **kw) for r in self.low}
             self._work_hidden = hidden
         return self._work
 
+    def _kernel_for(self, hidden):
+        """The C kernel bound to the P buffers at this ``hidden`` width (rebuilt when it changes)."""
+        acc = self._accumulator
+        if acc is None or acc.hidden != hidden:
+            work = self._work
+            sources = [(work['P'][r][:r * r * hidden], entry['taps']) for r, entry in self.low.items()]
+            self._accumulator = acc = upsample_kernel.BandAccumulator(self.kernel, sources, self.out_res, hidden)
+        return acc
+
     def release(self):
         """Drop the kept buffers (they are rebuilt on the next call)."""
-        self._work, self._work_hidden, self._top, self._maps = {}, 0, None, None
+        self._work, self._work_hidden, self._pixel_major, self._accumulator, self._maps = {}, 0, {}, None, None
+
+    def _copied_groups(self):
+        """(resolution, map indices) of the resolutions ``load`` copies pixel-major: the output resolution, and
+        with the C kernel every other one too. (Without the kernel the PyTorch path's Y buffers already cost as
+        much memory as those copies; its low-resolution projections read the channel-major maps directly.)"""
+        groups = [(self.out_res, self.top_maps)] if self.top_maps else []
+        if self.kernel is not None:
+            groups += [(r, entry['maps']) for r, entry in self.low.items()]
+        return groups
 
     def load(self, maps):
-        """Take one sample's maps. The maps at the output resolution are copied once, pixel-major and side by side
-        ([R*R, C_top]), so that every band of every pass is one contiguous GEMM over all their channels."""
-        R = self.out_res
+        """Take one sample's maps: per copied resolution, copy them pixel-major and side by side into
+        ``[r*r, C_r]`` (one contiguous GEMM operand)."""
         self._maps = maps
-        if not self.top_maps:
-            return
-        channels = sum(maps[k].shape[0] for k in self.top_maps)
-        if self._top is None or self._top.shape[1] != channels:
-            self._top = None
-            self._top = torch.empty([R * R, channels], dtype=self.dtype, device=self.device)
-        col = 0
-        for k in self.top_maps:
-            c = maps[k].shape[0]
-            self._top[:, col:col + c] = maps[k].reshape(c, R * R).t()
-            col += c
+        for r, ks in self._copied_groups():
+            channels = sum(maps[k].shape[0] for k in ks)
+            buf = self._pixel_major.get(r)
+            if buf is None or buf.shape[1] != channels:
+                self._pixel_major[r] = buf = None  # free the old one first
+                self._pixel_major[r] = buf = torch.empty([r * r, channels], dtype=self.dtype, device=self.device)
+            col = 0
+            for k in ks:
+                c = maps[k].shape[0]
+                if self.kernel is not None and maps[k].is_contiguous():
+                    upsample_kernel.transpose_into(self.kernel, maps[k], buf, col)
+                else:
+                    buf[:, col:col + c] = maps[k].reshape(c, r * r).t()
+                col += c
 
     def unload(self):
+        """Drop the reference to the sample's maps (the copies are overwritten by the next ``load``)."""
         self._maps = None
 
-    def run(self, weights_t, bias, consume):
+    @staticmethod
+    def _stack_rows(blocks):
+        """``torch.cat(blocks)`` for [C_k, hidden] blocks, as a view when they are consecutive rows of one matrix
+        (the column blocks of adjacent maps in a first-layer weight are)."""
+        first = blocks[0]
+        end, storage = first.data_ptr(), first.untyped_storage().data_ptr()
+        for b in blocks:
+            if (b.data_ptr() != end or b.stride() != first.stride() or b.shape[1] != first.shape[1]
+                    or b.untyped_storage().data_ptr() != storage):
+                return torch.cat(blocks)
+            end += b.shape[0] * b.stride(0) * b.element_size()
+        total = sum(b.shape[0] for b in blocks)
+        return first.as_strided((total, first.shape[1]), first.stride(), first.storage_offset())
+
+    def run(self, weights_t, bias, consume, relu=False):
         """Evaluate the first layer for the loaded sample and hand each band to ``consume(y0, y1, pre_activation)``.
 
         ``weights_t[k]`` is map k's column block of the (stacked) first-layer weight, transposed: [C_k, hidden];
         ``bias`` is [hidden] or None. ``pre_activation`` is a reused [(y1-y0)*R, hidden] buffer (pixel-major) that
-        ``consume`` may overwrite.
+        ``consume`` may overwrite; with ``relu`` it is clamped at 0 first (fused into the kernel where it runs).
         """
         R = self.out_res
-        maps = self._maps
         hidden = weights_t[0].shape[1]
         work = self._workspace(hidden)
         Y = {}
         for r, entry in self.low.items():
             P = work['P'][r][:r * r * hidden].view(r * r, hidden)
-            for i, k in enumerate(entry['maps']):
-                f = maps[k].reshape(maps[k].shape[0], r * r).t()
-                if i == 0:
-                    torch.mm(f, weights_t[k], out=P)
-                else:
-                    P.addmm_(f, weights_t[k])
-            Yr = work['Y'][r][:r * R * hidden].view(r, R, hidden)
-            self._xstep(P.view(r, r, hidden), Yr, entry['xstep'])
-            Y[r] = Yr.view(r, R * hidden)
-        top_weight = torch.cat([weights_t[k] for k in self.top_maps]) if self.top_maps else None
+            if r in self._pixel_major:
+                torch.mm(self._pixel_major[r], self._stack_rows([weights_t[k] for k in entry['maps']]), out=P)
+            else:
+                for i, k in enumerate(entry['maps']):
+                    f = self._maps[k].reshape(self._maps[k].shape[0], r * r).t()
+                    torch.mm(f, weights_t[k], out=P) if i == 0 else P.addmm_(f, weights_t[k])
+            if self.kernel is None:
+                Yr = work['Y'][r][:r * R * hidden].view(r, R, hidden)
+                self._xstep(P.view(r, r, hidden), Yr, entry['xstep'])
+                Y[r] = Yr.view(r, R * hidden)
+        accumulate = self._kernel_for(hidden) if self.kernel is not None else None
+        top = self._pixel_major.get(R) if self.top_maps else None
+        top_weight = self._stack_rows([weights_t[k] for k in self.top_maps]) if self.top_maps else None
         buf = work['band'][:self.band_rows * R * hidden].view(self.band_rows * R, hidden)
+        if accumulate is not None and bias is not None:
+            bias = bias.contiguous()
         for b, (y0, y1) in enumerate(self.bands):
             hb = buf[:(y1 - y0) * R]
+            if accumulate is not None:  # the kernel adds the bias, every lower resolution and the ReLU
+                if top_weight is not None:
+                    torch.mm(top[y0 * R:y1 * R], top_weight, out=hb)
+                accumulate(hb, y0, y1 - y0, bias=bias, accumulate=top_weight is not None, relu=relu)
+                consume(y0, y1, hb)
+                continue
             if top_weight is None:
                 hb.zero_() if bias is None else hb.copy_(bias.expand_as(hb))
             elif bias is None:
-                torch.mm(self._top[y0 * R:y1 * R], top_weight, out=hb)
+                torch.mm(top[y0 * R:y1 * R], top_weight, out=hb)
             else:
-                torch.addmm(bias, self._top[y0 * R:y1 * R], top_weight, out=hb)
+                torch.addmm(bias, top[y0 * R:y1 * R], top_weight, out=hb)
             flat = hb.view(y1 - y0, R * hidden)
             for r, entry in self.low.items():
                 lo, hi, block = entry['blocks'][b]
                 flat.addmm_(block, Y[r][lo:hi])
+            if relu:
+                hb.relu_()
             consume(y0, y1, hb)
 
 
@@ -607,19 +678,20 @@ def _split_columns(weight, layout):
 
 
 def first_layer_projection(features, weight: torch.Tensor, bias: Optional[torch.Tensor], out_res: int,
-                           mode: str = 'bilinear', band_rows: int = 16) -> torch.Tensor:
+                           mode: str = 'bilinear', band_rows: int = 16,
+                           use_kernel: Optional[bool] = None) -> torch.Tensor:
     """``W . up(F) + b`` for every output pixel as ``[hidden, out_res, out_res]``, without the dense features.
 
     Equal to ``(dense_features(features, out_res, mode) @ weight.T + bias).T`` up to float rounding; computed as
     ``sum_k up(W_k . F_k) + b`` with every ``W_k . F_k`` at the map's native resolution (see ``_ProjectionPlan``).
-    Runs in ``weight``'s dtype and on its device.
+    Runs in ``weight``'s dtype and on its device; ``use_kernel`` as in ``EnsemblePredictor``.
     """
     out_res = _check_res(out_res)
     _check_mode(mode)
     if weight.ndim != 2:
         raise ValueError(f'weight must be [hidden, D], got shape {tuple(weight.shape)}')
     maps, layout = _prepare_maps(features, weight.shape[1], weight.device, weight.dtype)
-    plan = _ProjectionPlan(layout, out_res, mode, band_rows, weight.device, weight.dtype)
+    plan = _ProjectionPlan(layout, out_res, mode, band_rows, weight.device, weight.dtype, use_kernel=use_kernel)
     out = torch.empty([out_res * out_res, weight.shape[0]], dtype=weight.dtype, device=weight.device)
 
     def consume(y0, y1, hb):
@@ -720,9 +792,10 @@ class _PassRunner:
             self.compiled.append(stages)
         self.shared_relu = all(c is not None and c and c[0][0] == 'relu' for c in self.compiled)
 
-    def __call__(self, hb):
-        """``hb`` [n, sum hidden] (may be overwritten) -> logits [m, C, n] (class-major)."""
-        if self.shared_relu:
+    def __call__(self, hb, relu_done=False):
+        """``hb`` [n, sum hidden] (may be overwritten) -> logits [m, C, n] (class-major). ``relu_done``: the
+        leading ReLU of every model (``shared_relu``) has already been applied to ``hb``."""
+        if self.shared_relu and not relu_done:
             hb.relu_()  # one pass over all models' columns
         outs = []
         for (_, off, h, rest), stages in zip(self.members, self.compiled):
@@ -748,7 +821,7 @@ class _PassRunner:
         return torch.stack(outs)
 
 
-_STATS_BUFFER_BYTES = 32 << 20  # logits of all models up to this size are collected and reduced at the end
+_STATS_BUFFER_BYTES = 4 << 20  # logits of all models up to this size are collected and reduced at the end
 
 
 class _EnsembleStats:
@@ -846,29 +919,34 @@ class EnsemblePredictor:
     ``fast=True``: the first layer of each model is evaluated by ``_ProjectionPlan`` (native-resolution projection,
     then upsampling of the hidden activations band by band), ``models_per_pass`` models at a time; the remaining
     layers (BatchNorm folded into the next Linear) run on each band of ``chunk`` pixels (rounded to whole rows).
-    Extra memory: ``models_per_pass * hidden * itemsize * (sum_r r*r + sum_r r*R + chunk)`` for the kept buffers
-    (45 MB at paper256, 256x256, 128 hidden units, one model per pass), the weights stacked per pass when
-    ``models_per_pass > 1``, and the logits of all models (10 MB for 10 models x 4 classes at 256x256; above 32 MB
-    they are reduced as they come instead). Call ``release()`` to drop the kept buffers. ``fast=False``: the
-    reference, ``dense_features`` and every full model on the [H*W, D] matrix, as the originals.
+    ``use_kernel``: the C upsampling kernel (``upsample_kernel``; CPU and float32 only): None uses it where it
+    builds, False never (the PyTorch path), True requires it. ``models_per_pass`` None: 2 with the kernel (larger
+    GEMMs, 5-7 % faster), else 1 (the PyTorch path's buffers grow with it).
+    Extra memory at paper256, 256x256, 128 hidden units: with the kernel and 2 models per pass, 61 MiB of
+    pixel-major map copies, 21 MiB of native-resolution projections, a 4 MiB band and one pass's stacked weights
+    (5 MiB); the PyTorch path with 1 model per pass: 32 MiB of copies, 11 MiB of projections, 33 MiB of
+    x-interpolated projections and a 2 MiB band. Plus the logits of all models when they take at most 4 MiB (else
+    they are reduced as they come). Call ``release()`` to drop the kept buffers. ``fast=False``: the reference,
+    ``dense_features`` and every full model on the [H*W, D] matrix, as the originals.
 
     ``top_fraction``: fraction of pixels whose js values make the score (the originals: 1/10).
     ``keep_mean_prob`` / ``keep_model_probs``: also return the mean / per-model softmax (models' dtype).
     """
 
     def __init__(self, models: Sequence[nn.Module], out_res: int, mode: str = 'bilinear', fast: bool = True,
-                 chunk: int = 4096, models_per_pass: int = 1, top_fraction: float = 0.1,
-                 keep_mean_prob: bool = False, keep_model_probs: bool = False):
+                 chunk: int = 4096, models_per_pass: Optional[int] = None, top_fraction: float = 0.1,
+                 keep_mean_prob: bool = False, keep_model_probs: bool = False, use_kernel: Optional[bool] = None):
         _check_mode(mode)
         self.out_res = _check_res(out_res)
         self.mode = mode
         self.fast = bool(fast)
-        if int(chunk) < 1 or int(models_per_pass) < 1:
+        if int(chunk) < 1 or (models_per_pass is not None and int(models_per_pass) < 1):
             raise ValueError('chunk and models_per_pass must be positive')
         if not 0 <= float(top_fraction) <= 1:
             raise ValueError(f'top_fraction must lie in [0, 1], got {top_fraction}')
         self.chunk = int(chunk)
-        self.models_per_pass = int(models_per_pass)
+        self.models_per_pass = None if models_per_pass is None else int(models_per_pass)
+        self.use_kernel = use_kernel
         self.top_fraction = float(top_fraction)
         self.keep_mean_prob = keep_mean_prob
         self.keep_model_probs = keep_model_probs
@@ -893,12 +971,14 @@ class EnsemblePredictor:
             return
         self._plan = None  # free the old plan's buffers before building the new one
         band_rows = max(1, self.chunk // self.out_res)
-        self._plan = _ProjectionPlan(layout, self.out_res, self.mode, band_rows, self.device, self.dtype)
+        self._plan = _ProjectionPlan(layout, self.out_res, self.mode, band_rows, self.device, self.dtype,
+                                     use_kernel=self.use_kernel)
         self._plan_key = key
+        per_pass = self.models_per_pass or (2 if self._plan.kernel is not None else 1)
         self._passes = []
-        for start in range(0, len(self.layers), self.models_per_pass):
+        for start in range(0, len(self.layers), per_pass):
             members, weights, biases, off = [], [], [], 0
-            for m in range(start, min(start + self.models_per_pass, len(self.layers))):
+            for m in range(start, min(start + per_pass, len(self.layers))):
                 lin = self.layers[m][0]
                 hidden = lin.out_features
                 weights.append(lin.weight.detach())
@@ -906,8 +986,7 @@ class EnsemblePredictor:
                               else torch.zeros(hidden, dtype=self.dtype, device=self.device))
                 members.append((m, off, hidden, self.layers[m][1:]))
                 off += hidden
-            weight = weights[0] if len(weights) == 1 else torch.cat(weights, dim=0)
-            self._passes.append((_PassRunner(members), _split_columns(weight, layout), torch.cat(biases)))
+            self._passes.append((_PassRunner(members), weights, torch.cat(biases)))
 
     def release(self):
         """Free the fast path's cached buffers and weight copies (rebuilt on the next call)."""
@@ -921,12 +1000,16 @@ class EnsemblePredictor:
             if self.fast:
                 self._prepare(layout)
                 self._plan.load(maps)
-                for runner, weights_t, bias in self._passes:
+                for runner, weights, bias in self._passes:
                     indices = [m for m, _, _, _ in runner.members]
+                    # the stacked weight of a multi-model pass lives only while the pass runs (2.5 MB per model
+                    # at paper256: kept for every pass, they would add 25 MB to a fast path of about 110 MB)
+                    weight = weights[0] if len(weights) == 1 else torch.cat(weights, dim=0)
+                    weights_t = _split_columns(weight, layout)
 
                     def consume(y0, y1, hb, runner=runner, indices=indices):
-                        stats.add(indices, y0 * R, runner(hb))
-                    self._plan.run(weights_t, bias, consume)
+                        stats.add(indices, y0 * R, runner(hb, relu_done=runner.shared_relu))
+                    self._plan.run(weights_t, bias, consume, relu=runner.shared_relu)
                 self._plan.unload()
             else:
                 x = dense_features(maps, R, self.mode, self.dtype)
