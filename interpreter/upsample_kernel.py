@@ -102,6 +102,18 @@ def _load(path: str):
     return lib
 
 
+def _load_built():
+    """Build (or reuse) in the shared cache; where that folder cannot be written (a read-only or full home), build
+    into a private temporary folder instead: the build takes well under a second, and the loaded library outlives
+    its file."""
+    try:
+        path = _build(custom_ops.build_root())
+    except OSError:
+        with tempfile.TemporaryDirectory(prefix='bigan-kernel-') as tmp:
+            return _load(_build(tmp))
+    return _load(path)
+
+
 def get():
     """The compiled kernel library (``ctypes.CDLL``), or None when the PyTorch path must be used."""
     if custom_ops.reference_ops_forced():
@@ -110,7 +122,7 @@ def get():
         if not _state['tried']:
             _state['tried'] = True
             try:
-                _state['lib'] = _load(_build(custom_ops.build_root()))
+                _state['lib'] = _load_built()
             except Exception as exc:  # no compiler, a failed build, an unloadable library: use PyTorch
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 warnings.warn(f'Could not build the CPU upsampling kernel ({reason[:200]}); the mask generator '

@@ -235,3 +235,18 @@ def test_build_is_cached_by_source_compiler_and_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(uk, '_cpu_signature', lambda: 'some other cpu')
     assert uk.get() is not None
     assert len(list(tmp_path.rglob('upsample_accumulate.so'))) == 2
+
+
+@needs_kernel
+def test_an_unwritable_cache_builds_privately(monkeypatch, tmp_path):
+    blocker = tmp_path / 'not-a-folder'
+    blocker.write_text('')
+    fresh_state(monkeypatch, blocker / 'cache')  # makedirs under a file fails
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        library = uk.get()
+    assert library is not None and library.bigan_kernel_abi() == uk.ABI
+    band = torch.zeros([16, 1])
+    acc = uk.BandAccumulator(library, [(torch.ones([2, 2, 1]), fm.source_taps(2, 16, 'bilinear', np.float32))], 16, 1)
+    acc(band, 0, 1)
+    assert torch.allclose(band, torch.ones_like(band))  # the private build works
