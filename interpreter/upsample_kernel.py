@@ -1,11 +1,13 @@
-"""The optional C kernel behind the fast ensemble path on CPU: fused upsampling of several low-resolution
-projections into one band of output rows (``csrc/upsample_accumulate.c``).
+"""The optional C kernels behind the fast ensemble path on CPU (``csrc/upsample_accumulate.c``): fused upsampling
+of several low-resolution projections into one band of output rows, and a tiled transpose for the pixel-major
+copies of the feature maps.
 
 Pure PyTorch needs one pass over the band per resolution (an x interpolation, then a small GEMM along y), which
 makes the upsampling memory-bound; the kernel keeps each pixel's sum over all resolutions in registers and reads
 the band once. The kernel is plain C (no PyTorch headers), compiled once with the system C compiler (``$CC`` or
 ``cc``) for the machine it runs on, cached next to the CUDA plugins (``torch_utils.custom_ops.build_root()``) under a
-digest of the source, the compiler and the CPU, and called through ``ctypes``. It is built with OpenMP where the
+digest of the source, the compiler and the CPU (or, where that folder cannot be written, built privately per
+process: it takes well under a second), and called through ``ctypes``. It is built with OpenMP where the
 compiler has it and then runs on PyTorch's own OpenMP threads (``torch.get_num_threads()``): the library binds to
 the ``libgomp.so.1`` PyTorch has loaded, so the two never fight over the cores (Python threads around the call
 did, and were slower than one thread).
