@@ -792,16 +792,17 @@ class _PassRunner:
             self.compiled.append(stages)
         self.shared_relu = all(c is not None and c and c[0][0] == 'relu' for c in self.compiled)
 
-    def __call__(self, hb, relu_done=False):
-        """``hb`` [n, sum hidden] (may be overwritten) -> logits [m, C, n] (class-major). ``relu_done``: the
-        leading ReLU of every model (``shared_relu``) has already been applied to ``hb``."""
+    def __call__(self, hb, relu_done=False, out=None):
+        """``hb`` [n, sum hidden] (may be overwritten) -> logits [m, C, n] (class-major), written into ``out`` when
+        given (e.g. a band of the statistics' buffer: no stacking copy). ``relu_done``: the leading ReLU of every
+        model (``shared_relu``) has already been applied to ``hb``."""
         if self.shared_relu and not relu_done:
             hb.relu_()  # one pass over all models' columns
         outs = []
-        for (_, off, h, rest), stages in zip(self.members, self.compiled):
+        for i, ((m, off, h, rest), stages) in enumerate(zip(self.members, self.compiled)):
             x = hb[:, off:off + h]
             if stages is None:
-                outs.append(rest(x).t())
+                outs.append(self._place(out, i, m, rest(x).t()))
                 continue
             for st in stages[1:] if self.shared_relu else stages:
                 if st[0] == 'relu':
@@ -811,56 +812,76 @@ class _PassRunner:
                 elif st[0] == 'scale':
                     x = torch.addcmul(st[2], x, st[1])
                 else:
-                    x = torch.addmm(st[2], st[1], x.t())
+                    if out is not None and st[1].shape[0] == out.shape[1]:
+                        x = torch.addmm(st[2], st[1], x.t(), out=out[i])
+                    else:
+                        x = self._place(out, i, m, torch.addmm(st[2], st[1], x.t()))
                     break
             else:
-                x = x.t()
+                x = self._place(out, i, m, x.t())
             outs.append(x)
+        if out is not None:
+            return out
         if len(outs) == 1:
             return outs[0].unsqueeze(0)
         return torch.stack(outs)
 
+    def _place(self, out, i, model, logits):
+        if out is None:
+            return logits
+        if logits.shape != out.shape[1:]:
+            raise ValueError(f'model {model} gives {logits.shape[0]} classes, model {self.members[0][0]} gives '
+                             f'{out.shape[1]}')
+        out[i].copy_(logits)
+        return out[i]
 
-_STATS_BUFFER_BYTES = 4 << 20  # logits of all models up to this size are collected and reduced at the end
+
+_STATS_CHUNK = 16384  # pixels per reduction step: bounds the temporaries (about 10 x models x classes x chunk values)
 
 
 class _EnsembleStats:
     """Accumulates per-model logits into vote counts, summed probabilities and summed entropies.
 
-    Logits arrive pixel range by pixel range, a few models at a time. While the logits of all models fit in
-    ``buffer_bytes`` they are only collected, and reduced at the end in large chunks (many small reductions over a
-    handful of classes cost more than the arithmetic); otherwise each piece is reduced as it arrives.
+    The logits of a group of models (one pass of the fast path, one model of the dense path) arrive for all pixels
+    at once, class-major, and are reduced in chunks of ``chunk`` pixels: many small reductions over a handful of
+    classes cost more than the arithmetic, one reduction over everything more memory than it needs.
+    ``logits_buffer`` lends a reused buffer for a group's logits.
     """
 
-    def __init__(self, num_models, num_pixels, keep_mean_prob, keep_model_probs, buffer_bytes=None, chunk=16384):
+    def __init__(self, num_models, num_pixels, keep_mean_prob, keep_model_probs, chunk=None):
         self.num_models = num_models
         self.num_pixels = num_pixels
         self.keep_model_probs = keep_model_probs
         self.keep_mean_prob = keep_mean_prob
-        self.buffer_bytes = _STATS_BUFFER_BYTES if buffer_bytes is None else buffer_bytes
-        self.chunk = chunk
-        self.psum = self.hsum = self.votes = self.model_probs = self._ones = self.buffer = None
+        self.chunk = int(chunk or _STATS_CHUNK)
+        self.psum = self.hsum = self.votes = self.model_probs = self._ones = self._buffer = None
 
-    def add(self, model_indices, start, logits):
-        """``logits`` [m, C, n] (class-major) of models ``model_indices`` (consecutive) for pixels
-        ``start .. start+n-1``."""
+    def logits_buffer(self, m, c, dtype, device):
+        """A [m, c, num_pixels] buffer for the logits of ``m`` models (reused by the next group)."""
+        need = m * c * self.num_pixels
+        buf = self._buffer
+        if buf is None or buf.numel() < need or buf.dtype != dtype or buf.device != torch.device(device):
+            self._buffer = buf = None
+            self._buffer = buf = torch.empty([need], dtype=dtype, device=device)
+        return buf[:need].view(m, c, self.num_pixels)
+
+    def add(self, first_model, logits):
+        """``logits`` [m, C, num_pixels] (class-major) of models ``first_model .. first_model+m-1``."""
         m, c, n = logits.shape
+        if n != self.num_pixels:
+            raise ValueError(f'expected logits for {self.num_pixels} pixels, got {n}')
         if self.psum is None:
             kw = dict(dtype=logits.dtype, device=logits.device)
-            self.psum = torch.zeros([c, self.num_pixels], **kw)
-            self.hsum = torch.zeros([self.num_pixels], **kw)
-            self.votes = torch.zeros([self.num_pixels, c], dtype=torch.int32, device=logits.device)
+            self.psum = torch.zeros([c, n], **kw)
+            self.hsum = torch.zeros([n], **kw)
+            self.votes = torch.zeros([n, c], dtype=torch.int32, device=logits.device)
             if self.keep_model_probs:
-                self.model_probs = torch.zeros([self.num_models, c, self.num_pixels], **kw)
-            if self.num_models * c * self.num_pixels * logits.element_size() <= self.buffer_bytes:
-                self.buffer = torch.empty([self.num_models, c, self.num_pixels], **kw)
+                self.model_probs = torch.zeros([self.num_models, c, n], **kw)
         elif c != self.psum.shape[0]:
-            raise ValueError(f'model {model_indices[0]} gives {c} classes, an earlier model {self.psum.shape[0]}')
-        models = slice(model_indices[0], model_indices[0] + m)
-        if self.buffer is not None:
-            self.buffer[models, :, start:start + n] = logits
-        else:
-            self._reduce(models, start, logits)
+            raise ValueError(f'model {first_model} gives {c} classes, an earlier model {self.psum.shape[0]}')
+        models = slice(first_model, first_model + m)
+        for start in range(0, n, self.chunk):
+            self._reduce(models, start, logits[:, :, start:start + self.chunk])
 
     def _reduce(self, models, start, logits):
         m, c, n = logits.shape
@@ -885,10 +906,7 @@ class _EnsembleStats:
 
     def finish(self, out_res, top_fraction):
         M = self.num_models
-        if self.buffer is not None:
-            for start in range(0, self.num_pixels, self.chunk):
-                self._reduce(slice(0, M), start, self.buffer[:, :, start:start + self.chunk])
-            self.buffer = None
+        self._buffer = None
         mean = self.psum.t() / M
         # Categorical(probs=mean).entropy(): probs renormalised, log of probs clamped to [eps, 1 - eps].
         probs = mean / mean.sum(1, keepdim=True)
@@ -925,8 +943,8 @@ class EnsemblePredictor:
     Extra memory at paper256, 256x256, 128 hidden units: with the kernel and 2 models per pass, 61 MiB of
     pixel-major map copies, 21 MiB of native-resolution projections, a 4 MiB band and one pass's stacked weights
     (5 MiB); the PyTorch path with 1 model per pass: 32 MiB of copies, 11 MiB of projections, 33 MiB of
-    x-interpolated projections and a 2 MiB band. Plus the logits of all models when they take at most 4 MiB (else
-    they are reduced as they come). Call ``release()`` to drop the kept buffers. ``fast=False``: the reference,
+    x-interpolated projections and a 2 MiB band. Plus one pass's logits (2 MiB for 2 models x 4 classes) and the
+    vote and probability sums (2.3 MiB). Call ``release()`` to drop the kept buffers. ``fast=False``: the reference,
     ``dense_features`` and every full model on the [H*W, D] matrix, as the originals.
 
     ``top_fraction``: fraction of pixels whose js values make the score (the originals: 1/10).
@@ -1014,16 +1032,22 @@ class EnsemblePredictor:
                 self._prepare(layout)
                 self._plan.load(maps)
                 for runner, weights, bias in self._passes:
-                    indices = [m for m, _, _, _ in runner.members]
                     weights_t = _split_columns(self._stacked(weights), layout)
+                    logits = []  # the pass's [m, C, R*R] buffer, made once the first band tells C
 
-                    def consume(y0, y1, hb, runner=runner, indices=indices):
-                        stats.add(indices, y0 * R, runner(hb, relu_done=runner.shared_relu))
+                    def consume(y0, y1, hb, runner=runner, logits=logits):
+                        if logits:
+                            runner(hb, relu_done=runner.shared_relu, out=logits[0][:, :, y0 * R:y1 * R])
+                            return
+                        band = runner(hb, relu_done=runner.shared_relu)
+                        logits.append(stats.logits_buffer(band.shape[0], band.shape[1], band.dtype, band.device))
+                        logits[0][:, :, y0 * R:y1 * R] = band
                     self._plan.run(weights_t, bias, consume, relu=runner.shared_relu)
+                    stats.add(runner.members[0][0], logits[0])
                 self._plan.unload()
             else:
                 x = dense_features(maps, R, self.mode, self.dtype)
                 for m, layers in enumerate(self.layers):
-                    stats.add([m], 0, layers(x).t().unsqueeze(0))
+                    stats.add(m, layers(x).t().unsqueeze(0))
                 del x
             return stats.finish(R, self.top_fraction)

@@ -300,21 +300,21 @@ def test_fast_ensemble_matches_dense_on_tiny_generators(mode, gen_seed):
             assert len(torch.unique(dense.labels)) > 1  # a non-trivial segmentation
 
 
-def test_statistics_reduced_on_the_fly_equal_collected(monkeypatch):
-    """Above a size limit the logits are reduced as they arrive instead of at the end: same results."""
+def test_statistics_do_not_depend_on_passes_or_reduction_chunks(monkeypatch):
+    """The logits are reduced pass by pass, in chunks of pixels: any grouping gives the same results."""
     layout = [(3, 4), (2, 8), (4, 16)]
     maps = random_maps(layout, seed=13, dtype=torch.float64)
     models = [classifier(9, 5, seed=k, dtype=torch.float64) for k in range(5)]
-    kwargs = dict(keep_mean_prob=True, keep_model_probs=True, chunk=48, models_per_pass=2)
-    collected = fm.EnsemblePredictor(models, 16, **kwargs)(maps)
-    monkeypatch.setattr(fm, '_STATS_BUFFER_BYTES', 0)
-    for fast in (True, False):
-        on_the_fly = fm.EnsemblePredictor(models, 16, fast=fast, **kwargs)(maps)
-        assert torch.equal(on_the_fly.labels, collected.labels)
-        assert (on_the_fly.model_probs - collected.model_probs).abs().max().item() <= 1e-12
-        assert (on_the_fly.mean_prob - collected.mean_prob).abs().max().item() <= 1e-12
-        assert (on_the_fly.js - collected.js).abs().max().item() <= 1e-6
-        assert abs(on_the_fly.score - collected.score) <= 1e-9
+    kwargs = dict(keep_mean_prob=True, keep_model_probs=True, chunk=48)
+    reference = fm.EnsemblePredictor(models, 16, fast=False, **kwargs)(maps)
+    monkeypatch.setattr(fm, '_STATS_CHUNK', 7)  # 256 pixels in 37 chunks, the last one short
+    for fast, per_pass in ((True, 1), (True, 2), (True, 5), (False, None)):
+        other = fm.EnsemblePredictor(models, 16, fast=fast, models_per_pass=per_pass, **kwargs)(maps)
+        assert torch.equal(other.labels, reference.labels)
+        assert (other.model_probs - reference.model_probs).abs().max().item() <= 1e-12
+        assert (other.mean_prob - reference.mean_prob).abs().max().item() <= 1e-12
+        assert (other.js - reference.js).abs().max().item() <= 1e-6
+        assert abs(other.score - reference.score) <= 1e-9
 
 
 def test_fast_ensemble_float64_is_exact_to_rounding():
