@@ -21,6 +21,8 @@ needs_kernel = pytest.mark.skipif(not HAVE_CC, reason='no C compiler on this mac
 def lib():
     if not HAVE_CC:
         pytest.skip('no C compiler on this machine')
+    if custom_ops.reference_ops_forced():
+        pytest.skip(f'{custom_ops.FORCE_REF_ENV} is set: the kernel is switched off')
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # a failed build on a machine with a compiler is a failure here
         library = uk.get()
@@ -178,6 +180,7 @@ def test_predictor_uses_the_kernel_where_it_can(lib):
 def fresh_state(monkeypatch, tmp_path):
     monkeypatch.setattr(uk, '_state', {'tried': False, 'lib': None})
     monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    monkeypatch.delenv(custom_ops.FORCE_REF_ENV, raising=False)
 
 
 def test_without_a_compiler_the_predictor_falls_back_with_one_warning(monkeypatch, tmp_path):
