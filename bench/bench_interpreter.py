@@ -152,19 +152,20 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def timed(device, fn):
+    """``(seconds, fn())``, with the device synchronised on both sides."""
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return time.perf_counter() - start, result
+
+
 def run_generator(args, device):
     G = make_generator(device)
-    times = []
     mem = Memory(device).start()
-    for i in range(args.warmup + args.reps):
-        sync(device)
-        start = time.perf_counter()
-        feats = generator_features(G, i, device)
-        sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-        del feats
-    return dict(times_s=times, **mem.stop())
+    times = [timed(device, lambda: generator_features(G, i, device))[0] for i in range(args.warmup + args.reps)]
+    return dict(times_s=times[args.warmup:], **mem.stop())
 
 
 def load_features(args, device):
@@ -177,20 +178,15 @@ def load_features(args, device):
 
 
 def make_predictor(args, models, variant):
+    """``fast_torch`` keeps the fast path off the C kernel (its PyTorch fallback)."""
     from interpreter.features import EnsemblePredictor
     if variant == 'dense':
         return EnsemblePredictor(models, OUT_RES, 'bilinear', fast=False)
     kwargs = dict(models_per_pass=args.models_per_pass)  # None: the predictor's choice
     if args.chunk:
         kwargs['chunk'] = args.chunk
-    return EnsemblePredictor(models, OUT_RES, 'bilinear', fast=True, **kwargs)
-
-
-def predict(predictor, feats, variant):
-    """One sample; ``fast_torch`` keeps the fast path off the C kernel (its PyTorch fallback)."""
-    from torch_utils.custom_ops import reference_ops
-    with reference_ops(variant == 'fast_torch'):
-        return predictor(feats)
+    return EnsemblePredictor(models, OUT_RES, 'bilinear', fast=True, use_kernel=False if variant == 'fast_torch'
+                             else None, **kwargs)
 
 
 def run_predictor(args, device, variant):
@@ -201,23 +197,13 @@ def run_predictor(args, device, variant):
     mem = Memory(device).start()
     predictor = make_predictor(args, models, variant)
     times = []
-    result = None
-    for i in range(args.warmup + args.memory_reps):
-        sync(device)
-        start = time.perf_counter()
-        result = predict(predictor, feats, variant)
-        sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    out = dict(times_s=times, **mem.stop())
+    for _ in range(args.warmup + args.memory_reps):
+        t, result = timed(device, lambda: predictor(feats))
+        times.append(t)
+    out = dict(times_s=times[args.warmup:], **mem.stop())
     if variant == 'dense':  # how much of the dense time is building the feature matrix
         from interpreter.features import dense_features
-        sync(device)
-        start = time.perf_counter()
-        x = dense_features(feats, OUT_RES)
-        sync(device)
-        out['feature_matrix_s'] = time.perf_counter() - start
-        del x
+        out['feature_matrix_s'] = timed(device, lambda: dense_features(feats, OUT_RES))[0]
     if variant != 'dense':
         out['kernel'] = predictor._plan.kernel is not None
         out['models_per_pass'] = len(predictor._passes[0][0].members)
@@ -237,20 +223,12 @@ def run_speed(args, device):
     predictors = {v: make_predictor(args, models, v) for v in variants}
     for v in variants:
         for _ in range(args.warmup):
-            predict(predictors[v], feats, v)
+            predictors[v](feats)
     rounds = []
     for _ in range(args.reps):
-        times = {}
-        for v in variants:
-            best = None
-            for _ in range(1 if v == 'dense' else args.fast_tries):  # the fast paths: best of a few (short runs)
-                sync(device)
-                start = time.perf_counter()
-                predict(predictors[v], feats, v)
-                sync(device)
-                t = time.perf_counter() - start
-                best = t if best is None else min(best, t)
-            times[v] = best
+        # the fast paths: best of a few per round (they are short)
+        times = {v: min(timed(device, lambda: predictors[v](feats))[0]
+                        for _ in range(1 if v == 'dense' else args.fast_tries)) for v in variants}
         rounds.append(times)
         print(json.dumps(times), file=sys.stderr, flush=True)
     return dict(rounds=rounds)

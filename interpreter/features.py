@@ -456,23 +456,13 @@ class _ProjectionPlan:
         precision = _precision_for(dtype)
         R = out_res
         self.top_maps = [k for k, (_, r) in enumerate(layout) if r == R]
-        self.low = {}  # resolution -> dict(maps, blocks, xstep)
+        self.low = {}  # resolution -> dict(maps, and taps (C kernel) or blocks and xstep (PyTorch))
         for k, (_, r) in enumerate(layout):
             if r != R:
                 self.low.setdefault(r, dict(maps=[]))['maps'].append(k)
         band_rows = max(1, min(int(band_rows), R))
         self.bands = [(y0, min(R, y0 + band_rows)) for y0 in range(0, R, band_rows)]
         self.band_rows = band_rows
-        for r, entry in self.low.items():
-            uy = _interp_matrix(r, R, mode, precision)
-            blocks = []
-            for y0, y1 in self.bands:
-                nz = np.nonzero(uy[y0:y1].any(axis=0))[0]
-                lo, hi = int(nz.min()), int(nz.max()) + 1
-                blocks.append((lo, hi, torch.from_numpy(uy[y0:y1, lo:hi]).to(device=device, dtype=dtype)))
-            entry['blocks'] = blocks
-            entry['xstep'] = self._xstep_plan(r, R, mode, precision)
-            entry['taps'] = source_taps(r, R, mode, np.float32)
         self.kernel = None
         usable = torch.device(device).type == 'cpu' and dtype == torch.float32
         if use_kernel and not usable:
@@ -482,6 +472,18 @@ class _ProjectionPlan:
             if self.kernel is None and use_kernel:
                 raise RuntimeError('the C upsampling kernel is not available (no C compiler, a failed build, or '
                                    f'{custom_ops.FORCE_REF_ENV}=1); see the warning above')
+        for r, entry in self.low.items():  # what each path needs to upsample resolution r
+            if self.kernel is not None:
+                entry['taps'] = source_taps(r, R, mode, np.float32)
+                continue
+            uy = _interp_matrix(r, R, mode, precision)
+            blocks = []
+            for y0, y1 in self.bands:
+                nz = np.nonzero(uy[y0:y1].any(axis=0))[0]
+                lo, hi = int(nz.min()), int(nz.max()) + 1
+                blocks.append((lo, hi, torch.from_numpy(uy[y0:y1, lo:hi]).to(device=device, dtype=dtype)))
+            entry['blocks'] = blocks
+            entry['xstep'] = self._xstep_plan(r, R, mode, precision)
         self._work = {}
         self._work_hidden = 0
         self._accumulator = None
@@ -777,8 +779,9 @@ class _PassRunner:
     """Runs the layers after the first Linear for the models of one pass on a band of pre-activations.
 
     Each model's layers are compiled (``_compile_rest``) and run with plain matmuls on its column slice of the band
-    (no copy: the slice is a strided matrix the BLAS reads directly); a leading ReLU runs once over the whole band.
-    The last Linear writes class-major logits ``[C, n]``. Models whose layers do not compile run their own modules.
+    (no copy: the slice is a strided matrix the BLAS reads directly); a leading ReLU shared by all models is left to
+    the plan. The last Linear writes class-major logits ``[C, n]``. Models whose layers do not compile run their own
+    modules.
     """
 
     def __init__(self, members):
@@ -792,12 +795,11 @@ class _PassRunner:
             self.compiled.append(stages)
         self.shared_relu = all(c is not None and c and c[0][0] == 'relu' for c in self.compiled)
 
-    def __call__(self, hb, relu_done=False, out=None):
+    def __call__(self, hb, out=None):
         """``hb`` [n, sum hidden] (may be overwritten) -> logits [m, C, n] (class-major), written into ``out`` when
-        given (e.g. a band of the statistics' buffer: no stacking copy). ``relu_done``: the leading ReLU of every
-        model (``shared_relu``) has already been applied to ``hb``."""
-        if self.shared_relu and not relu_done:
-            hb.relu_()  # one pass over all models' columns
+        given (e.g. a band of the statistics' buffer: no stacking copy). With ``shared_relu`` the leading ReLU of
+        every model must already be applied to ``hb`` (``_ProjectionPlan.run(relu=True)`` does it in one pass over
+        all models' columns, fused into the kernel where it runs)."""
         outs = []
         for i, ((m, off, h, rest), stages) in enumerate(zip(self.members, self.compiled)):
             x = hb[:, off:off + h]
@@ -1037,9 +1039,9 @@ class EnsemblePredictor:
 
                     def consume(y0, y1, hb, runner=runner, logits=logits):
                         if logits:
-                            runner(hb, relu_done=runner.shared_relu, out=logits[0][:, :, y0 * R:y1 * R])
+                            runner(hb, out=logits[0][:, :, y0 * R:y1 * R])
                             return
-                        band = runner(hb, relu_done=runner.shared_relu)
+                        band = runner(hb)
                         logits.append(stats.logits_buffer(band.shape[0], band.shape[1], band.dtype, band.device))
                         logits[0][:, :, y0 * R:y1 * R] = band
                     self._plan.run(weights_t, bias, consume, relu=runner.shared_relu)
