@@ -1,0 +1,1 @@
+"""Downstream segmentation: train and evaluate segmenters on generated or real RGB + NIR datasets."""
