@@ -47,6 +47,9 @@ def _init_weights(model):
             nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    # A small final layer starts every pixel near the uniform prediction (loss ln K) instead of at large random logits.
+    last = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    nn.init.normal_(last.weight, std=0.01)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
