@@ -8,6 +8,12 @@ generate an annotated RGB + NIR dataset.
   # Generate 1000 annotated pairs with it (resumable; split into shards with --start_step/--num_sample):
   python train_interpreter.py --exp EXPERIMENTS/interpreter/CrossEyed_NIR_RGB/train_datagan.json --generate_data True \\
       --num_sample 1000 --resume EXPERIMENTS/interpreter/CrossEyed_NIR_RGB
+\b
+  # Are the annotations enough? Leave-one-out over them (report in exp_dir/cross_validation.md; models/ untouched):
+  python train_interpreter.py --exp EXPERIMENTS/interpreter/CrossEyed_NIR_RGB/train_datagan.json --cross_validate True
+\b
+  # Score generated masks against reference masks of some of the same images (same file names, .png or .npy):
+  python train_interpreter.py --exp ... --eval_masks reference_masks/ --out EXPERIMENTS/.../samples
 """
 
 import sys
@@ -40,12 +46,21 @@ def _fail(message):
               help='Share of the most uncertain samples to drop [default: the config\'s, 0.1].')
 @click.option('--filter_only', type=bool, default=False, metavar='BOOL',
               help='Only (re)write kept.jsonl / rejected.jsonl for the samples in the output folder.')
+@click.option('--cross_validate', type=bool, default=False, metavar='BOOL',
+              help='Cross-validate the ensemble over the annotated samples instead of training it.')
+@click.option('--folds', type=click.IntRange(min=2), default=None,
+              help='Cross-validation folds [default: leave-one-out].')
+@click.option('--cv_models', type=click.IntRange(min=1), default=None,
+              help='Classifiers per fold [default: the config\'s model_num].')
+@click.option('--eval_masks', default=None, metavar='DIR',
+              help='Score the generated masks in --out against the reference masks in DIR.')
+@click.option('--class_names', default=None, metavar='A,B,..', help='Class names for the reports, comma-separated.')
 def main(exp, exp_dir, generate_data, resume, num_sample, start_step, out, seed, device, dense, stop_rule,
-         uncertainty_portion, filter_only):
+         uncertainty_portion, filter_only, cross_validate, folds, cv_models, eval_masks, class_names):
     """Train the interpreter ensemble, or generate an annotated dataset with it."""
     import os
 
-    from interpreter import config, generate, train
+    from interpreter import config, crossval, generate, train
     from training.legacy import CheckpointError
 
     try:
@@ -56,11 +71,20 @@ def main(exp, exp_dir, generate_data, resume, num_sample, start_step, out, seed,
             overrides['seed'] = seed
         if uncertainty_portion is not None:
             overrides['uncertainty_portion'] = uncertainty_portion
+        names = [n.strip() for n in class_names.split(',')] if class_names else None
+        if eval_masks:
+            cfg = config.load_config(exp, overrides=overrides, check_files=False)
+            out = out or os.path.join(resume or cfg.exp_dir, 'samples')
+            crossval.eval_masks(out, eval_masks, num_classes=cfg.number_class, class_names=names, log=click.echo)
+            return
         generating = generate_data or filter_only
         # Generation needs the generator and the models, not the annotation files.
         cfg = config.load_config(exp, overrides=overrides,
                                  check_files=['stylegan_checkpoint'] if generating else True)
-        if generating:
+        if cross_validate:
+            crossval.cross_validate(cfg, folds=folds, device=device, stop_rule=stop_rule, model_num=cv_models,
+                                    class_names=names, log=click.echo)
+        elif generating:
             resume = resume or cfg.exp_dir
             out = out or os.path.join(resume, 'samples')
             if not filter_only:

@@ -80,9 +80,8 @@ class AnnotatedSet:
         self.masks = np.stack([clean_mask(_load_mask(os.path.join(cfg.annotation_mask_path, f'image_mask{i}.npy'),
                                                      out_res), cfg.min_label_pixels)
                                for i in range(len(latents))])
-        average = None
-        if cfg.average_latent:
-            average = latents_module.load_average_latent(cfg.average_latent, G)
+        self.cfg, self.device = cfg, device
+        self.average = latents_module.load_average_latent(cfg.average_latent, G) if cfg.average_latent else None
         self.store = features_module.NativeFeatureStore(out_res=out_res, mode=cfg.upsample_mode,
                                                         capacity=len(latents))
         self.rgb, self.nir = [], []
@@ -91,17 +90,7 @@ class AnnotatedSet:
             from tqdm import tqdm
             iterator = tqdm(iterator, desc='features', unit='sample', dynamic_ncols=True)
         for i in iterator:
-            if cfg.annotation_data_from_w:
-                ws = torch.as_tensor(latents[i:i + 1], dtype=torch.float32)
-            else:
-                ws = latents_module.z_to_ws(G, latents[i:i + 1], psi=cfg.truncation_psi,
-                                            cutoff=cfg.truncation_cutoff, device=device, average=average)
-            img, nir, feats = latents_module.synthesize(G, ws, noise_mode=cfg.noise_mode, return_features=True,
-                                                        force_fp32=cfg.force_fp32)
-            channels = sum(f.shape[1] for f in feats)
-            if channels != cfg.dim[2]:
-                raise AnnotationSetError(f'{cfg.source}: dim[2] is {cfg.dim[2]} but the generator gives {channels} '
-                                         f'feature channels')
+            img, nir, feats = self.synthesize(G, i)
             self.store.add([f[0].cpu() for f in feats])
             self.rgb.append(latents_module.to_uint8_image(img[0]))
             self.nir.append(latents_module.to_uint8_image(nir[0]))
@@ -115,6 +104,22 @@ class AnnotatedSet:
 
     def __len__(self):
         return len(self.latents)
+
+    def synthesize(self, G, i):
+        """``(rgb, nir, features)`` of annotated sample ``i``, regenerated from its latent as for training."""
+        cfg = self.cfg
+        if cfg.annotation_data_from_w:
+            ws = torch.as_tensor(self.latents[i:i + 1], dtype=torch.float32, device=self.device)
+        else:
+            ws = latents_module.z_to_ws(G, self.latents[i:i + 1], psi=cfg.truncation_psi,
+                                        cutoff=cfg.truncation_cutoff, device=self.device, average=self.average)
+        img, nir, feats = latents_module.synthesize(G, ws, noise_mode=cfg.noise_mode, return_features=True,
+                                                    force_fp32=cfg.force_fp32)
+        channels = sum(f.shape[1] for f in feats)
+        if channels != cfg.dim[2]:
+            raise AnnotationSetError(f'{cfg.source}: dim[2] is {cfg.dim[2]} but the generator gives {channels} '
+                                     f'feature channels')
+        return img, nir, feats
 
 
 def _gather_batch(store, masks_flat, index, hw, out_res, mode):

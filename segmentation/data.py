@@ -254,7 +254,7 @@ class SegmentationSet(torch.utils.data.Dataset):
         if progress:
             from tqdm import tqdm
             items = tqdm(items, desc=f'checking {os.path.basename(self.path.rstrip("/"))}', unit='pair',
-                         dynamic_ncols=True, leave=False)
+                         dynamic_ncols=True, leave=False, disable=None)
         cache = []
         self.max_label = 0
         for i in items:

@@ -307,7 +307,8 @@ class Run:
         bar = loader
         if self.progress:
             from tqdm import tqdm
-            bar = tqdm(loader, desc=f'epoch {epoch + 1}/{o.epochs}', unit='batch', leave=False, dynamic_ncols=True)
+            bar = tqdm(loader, desc=f'epoch {epoch + 1}/{o.epochs}', unit='batch', leave=False, dynamic_ncols=True,
+                       disable=None)  # None: only on a terminal
         loss_sum, pixels = 0.0, 0
         for i, (x, m) in enumerate(bar):
             step = epoch * self.steps_per_epoch + i
