@@ -28,12 +28,15 @@ from pipeline.demo import Demo, DemoError, Settings
               help='Pairs in the demo training set.')
 @click.option('--num_sample', '--num-sample', 'num_sample', type=click.IntRange(min=1), default=Settings.num_sample,
               show_default=True, help='Annotated pairs to generate.')
+@click.option('--seg_epochs', '--seg-epochs', 'seg_epochs', type=click.IntRange(min=1), default=Settings.seg_epochs,
+              show_default=True, help='Evaluation: segmenter training epochs on the generated set.')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Random seed of every step.')
 @click.option('--device', default=None, metavar='DEVICE', help='cpu or cuda [default: cuda if available].')
 @click.option('--fresh', is_flag=True, help='Delete an earlier demo in --outdir and start again.')
-def cli(outdir, kimg, count, num_sample, seed, device, fresh):
+def cli(outdir, kimg, count, num_sample, seg_epochs, seed, device, fresh):
     """The BiOcularGAN pipeline end to end on synthetic eyes: prints where to look when it is done."""
-    demo = Demo(Settings(outdir=outdir, kimg=kimg, count=count, num_sample=num_sample, seed=seed, device=device),
+    demo = Demo(Settings(outdir=outdir, kimg=kimg, count=count, num_sample=num_sample, seg_epochs=seg_epochs, seed=seed,
+                         device=device),
                 log=click.echo)
     summary = demo.run(fresh=fresh)
     click.echo('')

@@ -24,11 +24,42 @@ import click
 
 import dnnlib.cli
 
+
+def _load_config(ctx, _param, path):
+    """``--config JSON``: option defaults from a file (keys are the option names, e.g. "epochs", "input"); options on
+    the command line still win."""
+    if path is None:
+        return None
+    import json
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, ValueError) as e:
+        raise click.BadParameter(f'{path}: cannot be read as JSON ({e})', ctx=ctx, param=_param) from None
+    if not isinstance(values, dict):
+        raise click.BadParameter(f'{path}: must hold a JSON object of option values', ctx=ctx, param=_param)
+    names = {p.name: p for p in ctx.command.params}
+    aliases = {'input': 'modality'}
+    defaults = {}
+    for key, value in values.items():
+        if key in ('description', 'comment'):
+            continue
+        name = aliases.get(key, key)
+        if name not in names or name == 'config':
+            raise click.BadParameter(f'{path}: unknown option {key!r}', ctx=ctx, param=_param)
+        defaults[name] = value
+    ctx.default_map = dict(ctx.default_map or {}, **defaults)
+    return path
+
+
 ARCH_CHOICES = ('unet', 'deeplabv3_resnet18', 'deeplabv3_resnet34', 'deeplabv3_resnet50', 'deeplabv3_resnet50_tv')
 
 
 @click.command(context_settings=dict(help_option_names=['-h', '--help'], max_content_width=120),
                epilog=__doc__.split('\n\n', 1)[1])
+@click.option('--config', type=click.Path(dir_okay=False), default=None, is_eager=True, expose_value=False,
+              callback=_load_config, metavar='JSON',
+              help='Option values from a JSON file (see EXPERIMENTS/segmentation).')
 @click.option('--data', required=True, metavar='DIR', help='Training set (see below for the kinds accepted).')
 @click.option('--outdir', required=True, metavar='DIR', help='Run folder.')
 @click.option('--arch', type=click.Choice(ARCH_CHOICES), default='unet', show_default=True, help='Network.')

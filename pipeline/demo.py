@@ -29,6 +29,8 @@ from training.training_loop import latest_snapshot
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATES = os.path.join(REPO, 'EXPERIMENTS', 'interpreter', 'demo')
 ANNOTATED_IDS = list(range(8))
+CLASS_NAMES = ('background', 'iris', 'pupil', 'sclera')  # ocular_4class, the annotations' numbering
+CLASS_MAP = os.path.join(REPO, 'EXPERIMENTS', 'segmentation', 'demo_renderer_to_ocular_4class.json')
 
 
 class DemoError(RuntimeError):
@@ -43,6 +45,8 @@ class Settings:
     kimg: int = 10  # GAN training length
     num_annotate: int = 16  # images sampled for annotation (8 of them are annotated)
     num_sample: int = 120  # generated annotated pairs
+    num_test: int = 100  # real demo eyes (an unused seed) the segmenters are tested on
+    seg_epochs: int = 30  # segmenter training on the generated set; the 8-pair one gets as many steps
     seed: int = 0
     device: Optional[str] = None
 
@@ -81,6 +85,9 @@ class Demo:
         self.paths.generate_json = os.path.join(self.paths.exp, 'generate.json')
         self.paths.train_json = os.path.join(self.paths.exp, 'train_datagan.json')
         self.paths.overview = os.path.join(self.out, 'overview.png')
+        self.paths.reference = os.path.join(self.paths.exp, 'samples_annotator')
+        self.paths.real_test = os.path.join(self.out, 'real_test')
+        self.paths.seg = os.path.join(self.out, 'segmentation')
         self.steps = [
             Step('dataset', 'make the demo dataset (RGB + NIR eyes)', self.make_dataset),
             Step('train_gan', 'train the dual-branch GAN (tiny config)', self.train_gan),
@@ -89,6 +96,9 @@ class Demo:
             Step('import', 'import the annotations', self.import_annotations),
             Step('train_interpreter', 'train the interpreter (ensemble of pixel classifiers)', self.train_interpreter),
             Step('generate', 'generate the annotated RGB + NIR dataset', self.generate),
+            Step('evaluate_masks', 'score the generated masks against the annotator', self.evaluate_masks),
+            Step('downstream', 'train segmenters on synthetic vs 8 annotated pairs, test on real eyes',
+                 self.downstream),
             Step('overview', 'write the overview image and the summary', self.overview),
         ]
 
@@ -241,9 +251,75 @@ class Demo:
             self.s.num_sample, '--resume', self.paths.exp, *self._device()),
             echo=lambda line: 'kept' in line or line.startswith('ensemble step'))
 
+    def evaluate_masks(self):
+        """The annotator's labels of the kept generated images (none of them is one of the 8 annotated latents)
+        are the reference the generated masks are scored against."""
+        kept = os.path.join(self.paths.samples, 'kept.jsonl')
+        entries = _read_jsonl(kept) if os.path.isfile(kept) else list(finished_samples(self.paths.samples).values())
+        os.makedirs(self.paths.reference, exist_ok=True)
+        for e in entries:
+            rgb = np.asarray(PIL.Image.open(os.path.join(self.paths.samples, e['rgb'])).convert('RGB'))
+            nir = np.asarray(PIL.Image.open(os.path.join(self.paths.samples, e['nir'])).convert('L'))
+            name = os.path.splitext(os.path.basename(e['mask']))[0] + '.png'
+            with dnnlib.util.atomic_write(os.path.join(self.paths.reference, name), 'wb') as f:
+                PIL.Image.fromarray(auto_annotate.annotate(rgb, nir), 'L').save(f, 'PNG')
+        self.log(f'      the annotator labelled {len(entries)} generated images into '
+                 f'{os.path.relpath(self.paths.reference)}')
+        return self._command('evaluate_masks', _python(
+            'train_interpreter.py', '--exp', self.paths.train_json, '--eval_masks', self.paths.reference, '--out',
+            self.paths.samples, '--class_names', ','.join(CLASS_NAMES)), echo=lambda line: 'mIoU' in line)
+
+    def _train_segmenter(self, name, data, epochs):
+        return self._command(f'segment_{name}', _python(
+            'train_segmentation.py', '--data', data, '--outdir', os.path.join(self.paths.seg, name), '--arch', 'unet',
+            '--width', 16, '--input', 'rgbnir', '--epochs', epochs, '--batch', 8, '--class_names',
+            ','.join(CLASS_NAMES), '--num_classes', len(CLASS_NAMES), '--seed', self.s.seed, '--resume',
+            *self._device()), echo=lambda line: line.startswith(('epoch', 'best')) and (
+                'best' in line or line.split('/')[0].endswith(f' {epochs}')))
+
+    def downstream(self):
+        """The papers' experiment in small: one segmenter trained on the generated set, one on the 8 annotated
+        pairs (as many optimiser steps), both tested on real demo eyes against the renderer's masks."""
+        commands = [self._command('real_test', _python(
+            'dataset_tool.py', 'demo', '--dest', self.paths.real_test, '--count', self.s.num_test, '--resolution',
+            self.s.resolution, '--seed', self.s.seed + 1, '--overwrite'))]  # seed + 1: never seen by the GAN
+        kept = os.path.join(self.paths.samples, 'kept.jsonl')
+        n = len(_read_jsonl(kept)) if os.path.isfile(kept) else len(finished_samples(self.paths.samples))
+        steps = -(-n // 8) * self.s.seg_epochs
+        for name, data, epochs in (('synthetic', self.paths.samples, self.s.seg_epochs),
+                                   ('annotated', self.paths.processed, steps)):
+            commands.append(self._train_segmenter(name, data, epochs))
+            commands.append(self._command(f'eval_{name}', _python(
+                'eval_segmentation.py', '--checkpoint', os.path.join(self.paths.seg, name, 'checkpoint-best.pt'),
+                '--data', self.paths.real_test, '--outdir', os.path.join(self.paths.seg, name), '--name',
+                'eval_real', '--class-map', CLASS_MAP, *self._device()), echo=lambda line: False))
+        return commands
+
     def overview(self):
-        write_overview(self.paths.overview, self.paths.processed, self.paths.samples)
+        write_overview(self.paths.overview, self.paths.processed, self.paths.samples, tables=self._evaluation_rows())
         return None
+
+    def _evaluation(self):
+        """``{row title: scores}`` of the evaluation steps that have run."""
+        found = {}
+        for title, path in (('generated masks vs annotator (held-out generated images)',
+                             os.path.join(self.paths.samples, 'mask_evaluation.json')),
+                            ('segmenter trained on the generated set, on real eyes',
+                             os.path.join(self.paths.seg, 'synthetic', 'eval_real.json')),
+                            ('segmenter trained on the 8 annotated pairs, on real eyes',
+                             os.path.join(self.paths.seg, 'annotated', 'eval_real.json'))):
+            if os.path.isfile(path):
+                with open(path) as f:
+                    found[title] = json.load(f)
+        return found
+
+    def _evaluation_rows(self):
+        rows = []
+        for title, s in self._evaluation().items():
+            iou = {c['class']: c['iou'] for c in s['per_class']}
+            rows.append(f'{title}: mIoU {s["miou"]:.3f} (' + ', '.join(
+                f'{c} {"-" if iou.get(c) is None else format(iou[c], ".2f")}' for c in CLASS_NAMES) + ')')
+        return rows
 
     # ---------------------------------------------------------------------------------------------- summary
 
@@ -260,6 +336,8 @@ class Demo:
             'imported masks (image_mask{k}.npy)': self.paths.processed,
             'interpreter models (model_{k}.pth) and train_data.jpg': os.path.join(self.paths.exp, 'models'),
             'generated dataset (RGB/, NIR/, masks/, masks_color/, kept.jsonl)': self.paths.samples,
+            'generated masks scored against the annotator (mask_evaluation.md)': self.paths.samples,
+            'segmenters (runs, curves.png, eval_real.md / .png on real eyes)': self.paths.seg,
             'step logs': self.paths.logs,
         }
         steps = [dict(step=s.name, title=s.title, seconds=state['steps'][s.name]['seconds'],
@@ -273,9 +351,26 @@ class Demo:
                  f'Generated {generated} annotated RGB + NIR pairs; {kept} kept after the uncertainty filter.', '',
                  '| step | seconds | command |', '|---|---:|---|']
         for x in steps:
-            cmd = _display(x['command']) if x['command'] else '(in-process: pipeline/auto_annotate.py)' \
-                if x['step'] == 'annotate' else '(in-process)'
-            lines.append(f'| {x["title"]} | {x["seconds"]:.1f} | `{cmd}` |')
+            commands = x['command'] if x['command'] and isinstance(x['command'][0], list) else [x['command']]
+            if x['command']:
+                cmd = '<br>'.join(f'`{_display(c)}`' for c in commands)
+            else:
+                cmd = '(in-process: pipeline/auto_annotate.py)' if x['step'] == 'annotate' else '(in-process)'
+            lines.append(f'| {x["title"]} | {x["seconds"]:.1f} | {cmd} |')
+        evaluation = self._evaluation()
+        if evaluation:
+            from segmentation.metrics import markdown_table
+            lines += ['', '## How good are the masks?', '',
+                      'Mask generator: its masks of the kept generated images against the stand-in annotator\'s '
+                      'labels of the same images. Downstream: a U-Net (RGB + NIR input) trained on the generated '
+                      'dataset and one trained on only the 8 annotated pairs (as many optimiser steps), both tested '
+                      'on real demo eyes rendered with a seed the GAN never saw, against the renderer\'s true masks '
+                      f'(class map `{os.path.relpath(CLASS_MAP, REPO)}`).', '',
+                      markdown_table(evaluation, list(CLASS_NAMES))]
+            summary['evaluation'] = {k: dict(miou=v['miou'], iou={c['class']: c['iou'] for c in v['per_class']})
+                                     for k, v in evaluation.items()}
+            with dnnlib.util.atomic_write(os.path.join(self.out, 'summary.json'), 'w') as f:
+                json.dump(summary, f, indent=2)
         lines += ['', '| what | where |', '|---|---|'] + [f'| {k} | `{v}` |' for k, v in where.items()]
         with dnnlib.util.atomic_write(os.path.join(self.out, 'summary.md'), 'w') as f:
             f.write('\n'.join(lines) + '\n')
@@ -295,7 +390,7 @@ def _tile(array, size):
     return im.convert('RGB').resize((size, size), PIL.Image.NEAREST)
 
 
-def write_overview(path, processed_dir, samples_dir, columns=12, tile=96):
+def write_overview(path, processed_dir, samples_dir, columns=12, tile=96, tables=()):
     """A grid: the annotated pairs (RGB, NIR, the imported mask) above the generated ones (RGB, NIR, mask), the
     generated ones taken from ``kept.jsonl`` (or every sample) in index order. Masks in the annotation palette
     (ocular_4class: iris blue, pupil red, sclera green, background black)."""
@@ -318,7 +413,8 @@ def write_overview(path, processed_dir, samples_dir, columns=12, tile=96):
     blocks = [('annotated by the colour rule (RGB / NIR / mask)', annotated),
               ('generated, with the interpreter\'s masks (RGB / NIR / mask)', generated)]
     width = pad + columns * (tile + pad)
-    height = sum(label_h + 3 * (tile + pad) for _, rows in blocks if rows) + pad
+    height = sum(label_h + 3 * (tile + pad) for _, rows in blocks if rows) + pad + 16 * len(tables) + (
+        label_h if tables else 0)
     canvas = PIL.Image.new('RGB', (width, height), 'white')
     draw = PIL.ImageDraw.Draw(canvas)
     y = pad
@@ -331,6 +427,12 @@ def write_overview(path, processed_dir, samples_dir, columns=12, tile=96):
             for row, array in enumerate(triple):
                 canvas.paste(_tile(array, tile), (pad + col * (tile + pad), y + row * (tile + pad)))
         y += 3 * (tile + pad)
+    if tables:
+        draw.text((pad, y + 4), 'How good are the masks? (mIoU and per-class IoU; see summary.md)', fill=(0, 0, 0))
+        y += label_h
+        for line in tables:
+            draw.text((pad, y), line, fill=(0, 0, 0))
+            y += 16
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with dnnlib.util.atomic_write(path, 'wb') as f:
         canvas.save(f, 'PNG')

@@ -150,6 +150,9 @@ def evaluate_checkpoint(checkpoint, data, outdir=None, class_map=None, device=No
         class_map = ClassMap.load(class_map)
     if class_map is not None:
         class_map.check_model(k)
+        if class_map.classes is not None and ckpt.get('class_names') and list(class_map.classes) != names:
+            raise SegmentationError(class_map.source, f'maps into the classes {class_map.classes}, but the model '
+                                                      f'was trained on {names}')
     dataset = seg_data.SegmentationSet(data, modality, class_map=class_map, progress=progress)
     check_class_names(names, dataset.class_names, dataset.path, class_map)
     _check_labels(dataset, k)

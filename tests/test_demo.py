@@ -49,7 +49,8 @@ def test_annotator_colours_are_the_ocular_palette():
 @pytest.fixture(scope='module')
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('demo') / 'run'
-    code = demo_script.main(['--outdir', str(out), '--kimg', '1', '--count', '48', '--num_sample', '20'])
+    code = demo_script.main(['--outdir', str(out), '--kimg', '1', '--count', '48', '--num_sample', '20',
+                             '--seg_epochs', '4'])
     return dict(out=out, code=code)
 
 
@@ -58,7 +59,8 @@ def test_demo_runs_every_step(demo_run):
     assert demo_run['code'] == 0
     summary = json.loads((out / 'summary.json').read_text())
     assert [s['step'] for s in summary['steps']] == ['dataset', 'train_gan', 'sample', 'annotate', 'import',
-                                                     'train_interpreter', 'generate', 'overview']
+                                                     'train_interpreter', 'generate', 'evaluate_masks',
+                                                     'downstream', 'overview']
     assert summary['generated_samples'] == 20
     kept = [json.loads(line) for line in (out / 'interpreter' / 'samples' / 'kept.jsonl').read_text().splitlines()]
     assert summary['kept_after_uncertainty_filter'] == len(kept) == 18  # the 10 % most uncertain dropped
@@ -76,17 +78,59 @@ def test_demo_runs_every_step(demo_run):
     assert (out / 'checkpoints' / 'demo.pkl').is_file()
     md = (out / 'summary.md').read_text()
     assert 'train_db_stylegan2.py' in md and 'prepare_annotations.py' in md
+    assert 'train_segmentation.py' in md and 'eval_segmentation.py' in md and 'How good are the masks?' in md
+
+
+def _iou_table(pairs, k=4):
+    inter, union = np.zeros(k), np.zeros(k)
+    for truth, pred in pairs:
+        for c in range(k):
+            inter[c] += np.logical_and(truth == c, pred == c).sum()
+            union[c] += np.logical_or(truth == c, pred == c).sum()
+    return [inter[c] / union[c] if union[c] else None for c in range(k)]
+
+
+def test_demo_evaluation_numbers(demo_run):
+    out = demo_run['out']
+    samples = out / 'interpreter' / 'samples'
+    evaluation = json.loads((out / 'summary.json').read_text())['evaluation']
+    assert len(evaluation) == 3
+    # The mask generator's score, recomputed from the files: every kept sample labelled by the annotator.
+    kept = [json.loads(line) for line in (samples / 'kept.jsonl').read_text().splitlines()]
+    pairs = []
+    for entry in kept:
+        rgb = np.asarray(PIL.Image.open(samples / entry['rgb']).convert('RGB'))
+        nir = np.asarray(PIL.Image.open(samples / entry['nir']).convert('L'))
+        pairs.append((auto_annotate.annotate(rgb, nir), np.asarray(PIL.Image.open(samples / entry['mask']))))
+    expected = _iou_table(pairs)
+    masks_row = next(v for k, v in evaluation.items() if k.startswith('generated masks'))
+    names = ['background', 'iris', 'pupil', 'sclera']
+    for c, name in enumerate(names):
+        if expected[c] is None:
+            assert masks_row['iou'][name] is None
+        else:
+            assert masks_row['iou'][name] == pytest.approx(expected[c])
+    assert masks_row['miou'] == pytest.approx(np.mean([v for v in expected if v is not None]))
+    # The downstream reports: both segmenters scored on the same real eyes (renderer masks, class map applied).
+    for name in ('synthetic', 'annotated'):
+        report = json.loads((out / 'segmentation' / name / 'eval_real.json').read_text())
+        assert report['samples'] == 100 and report['class_map'] == {'0': 0, '1': 3, '2': 1, '3': 2}
+        assert np.asarray(report['confusion_matrix']).sum() == 100 * 32 * 32
+        assert (out / 'segmentation' / name / 'eval_real.png').is_file()
+        assert (out / 'segmentation' / name / 'curves.png').is_file()
 
 
 def test_demo_rerun_skips_finished_steps(demo_run, capsys):
     out = demo_run['out']
     before = (out / 'summary.json').read_text()
-    assert demo_script.main(['--outdir', str(out), '--kimg', '1', '--count', '48', '--num_sample', '20']) == 0
+    assert demo_script.main(['--outdir', str(out), '--kimg', '1', '--count', '48', '--num_sample', '20',
+                             '--seg_epochs', '4']) == 0
     text = capsys.readouterr().out
-    assert text.count('done earlier') == 8
+    assert text.count('done earlier') == 10
     assert json.loads((out / 'summary.json').read_text())['steps'] == json.loads(before)['steps']
     # other settings in the same folder: refused with one line, exit code 2
-    code = demo_script.main(['--outdir', str(out), '--kimg', '2', '--count', '48', '--num_sample', '20'])
+    code = demo_script.main(['--outdir', str(out), '--kimg', '2', '--count', '48', '--num_sample', '20',
+                             '--seg_epochs', '4'])
     assert_one_line_error(code, capsys.readouterr().err, 'other settings')
 
 
