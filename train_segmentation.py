@@ -71,6 +71,8 @@ ARCH_CHOICES = ('unet', 'deeplabv3_resnet18', 'deeplabv3_resnet34', 'deeplabv3_r
 @click.option('--input', 'modality', type=click.Choice(['rgb', 'nir', 'rgbnir']), default='rgbnir',
               show_default=True, help='Input modality (rgbnir: 4 channels R, G, B, NIR).')
 @click.option('--epochs', type=click.IntRange(min=1), default=30, show_default=True, help='Training epochs.')
+@click.option('--repeat', type=click.IntRange(min=1), default=1, show_default=True,
+              help='Passes over the training set per epoch (tiny sets: as many steps, fewer checkpoints).')
 @click.option('--batch', type=click.IntRange(min=1), default=8, show_default=True, help='Batch size.')
 @click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True,
               help='AdamW learning rate (poly decay to 0).')
@@ -95,18 +97,19 @@ ARCH_CHOICES = ('unet', 'deeplabv3_resnet18', 'deeplabv3_resnet34', 'deeplabv3_r
 @click.option('--workers', type=click.IntRange(min=0), default=0, show_default=True, help='Data-loading processes.')
 @click.option('--device', default=None, metavar='DEVICE', help='cpu, cuda or cuda:N [default: cuda if available].')
 @click.option('--resume', is_flag=True, help='Continue the run in --outdir from its last checkpoint.')
-def cli(data, outdir, arch, width, depth, output_stride, modality, epochs, batch, lr, weight_decay, val, val_fraction,
-        class_weights, num_classes, class_names, all_samples, hflip, vflip, scale, jitter, seed, amp, workers, device,
-        resume):
+def cli(data, outdir, arch, width, depth, output_stride, modality, epochs, repeat, batch, lr, weight_decay, val,
+        val_fraction, class_weights, num_classes, class_names, all_samples, hflip, vflip, scale, jitter, seed, amp,
+        workers, device, resume):
     """Train a segmenter on RGB + NIR pairs with masks."""
     from segmentation.train import Run, TrainOptions
 
     names = [n.strip() for n in class_names.split(',')] if class_names else None
     opts = TrainOptions(data=data, outdir=outdir, arch=arch, width=width, depth=depth,
-                        output_stride=int(output_stride), input=modality, epochs=epochs, batch=batch, lr=lr,
-                        weight_decay=weight_decay, val=val, val_fraction=val_fraction, class_weights=class_weights,
-                        num_classes=num_classes, class_names=names, all_samples=all_samples, hflip=hflip,
-                        vflip=vflip, scale=scale, jitter=jitter, seed=seed, amp=amp, workers=workers, device=device)
+                        output_stride=int(output_stride), input=modality, epochs=epochs, repeat=repeat, batch=batch,
+                        lr=lr, weight_decay=weight_decay, val=val, val_fraction=val_fraction,
+                        class_weights=class_weights, num_classes=num_classes, class_names=names,
+                        all_samples=all_samples, hflip=hflip, vflip=vflip, scale=scale, jitter=jitter, seed=seed,
+                        amp=amp, workers=workers, device=device)
     history = Run(opts, resume=resume, log=click.echo).run()
     last = history[-1] if history else {}
     if 'val_miou' in last:

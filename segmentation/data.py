@@ -1,6 +1,6 @@
 """Segmentation datasets: aligned RGB + NIR pairs with class-index masks, from any of the project's folders.
 
-``open_dataset(path)`` recognises, in this order:
+``find_samples(path)`` (and so ``SegmentationSet``) recognises, in this order:
 
 * a **generated dataset** (``train_interpreter.py --generate_data`` output): its ``kept.jsonl`` (the samples that
   passed the uncertainty filter) unless ``all_samples``; without ``kept.jsonl``, its ``metadata-*.jsonl`` shards;

@@ -46,6 +46,7 @@ class TrainOptions:
     output_stride: int = 16
     input: str = 'rgbnir'
     epochs: int = 30
+    repeat: int = 1  # passes over the training set per epoch (for tiny sets: fewer checkpoints, same steps)
     batch: int = 8
     lr: float = 1e-2
     weight_decay: float = 1e-4
@@ -269,7 +270,9 @@ class Run:
         self.model = build_model(o.arch, seg_data.INPUTS[o.input], self.num_classes, width=o.width,
                                  output_stride=o.output_stride, depth=o.depth).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        self.steps_per_epoch = math.ceil(len(self.train_set) / o.batch)
+        if not isinstance(o.repeat, int) or o.repeat < 1:
+            raise ValueError(f'repeat must be a positive integer, got {o.repeat!r}')
+        self.steps_per_epoch = math.ceil(len(self.train_set) * o.repeat / o.batch)
         self.total_steps = self.steps_per_epoch * o.epochs
         self.history, self.best_score, self.start_epoch = [], None, 0
 
@@ -298,7 +301,8 @@ class Run:
     def _train_epoch(self, epoch):
         o = self.opts
         self.model.train()
-        order = torch.randperm(len(self.train_set), generator=epoch_generator(o.seed, epoch, 0)).tolist()
+        order_gen = epoch_generator(o.seed, epoch, 0)
+        order = [i for _ in range(o.repeat) for i in torch.randperm(len(self.train_set), generator=order_gen).tolist()]
         aug_gen = epoch_generator(o.seed, epoch, 1)
         torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=epoch_generator(o.seed, epoch, 2))))  # dropout
         loader = torch.utils.data.DataLoader(self.train_set, batch_size=o.batch, sampler=order,
