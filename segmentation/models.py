@@ -47,9 +47,13 @@ def _init_weights(model):
             nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    # A small final layer starts every pixel near the uniform prediction (loss ln K) instead of at large random logits.
+    # The classifier keeps PyTorch's default init (uniform, bound 1 / sqrt(fan_in)) and a zero bias: logits start small,
+    # near the uniform prediction, without He's large random logits. Shrinking it further (std 0.01) starves the
+    # features of gradient: a width-8 U-Net then predicts only background for hundreds of steps on a trivial task.
     last = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
-    nn.init.normal_(last.weight, std=0.01)
+    last.reset_parameters()
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -190,6 +190,14 @@ def model_from_checkpoint(path, device='cpu'):
     except (ModelError, RuntimeError, KeyError, TypeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SegmentationError(path, f'weights do not fit its model config ({first})') from None
+    # What the evaluation feeds the model and how it names the outputs come from these fields, not the config.
+    modality, names = ckpt.get('input'), ckpt.get('class_names')
+    if modality not in seg_data.INPUTS or seg_data.INPUTS[modality] != model.config['in_channels']:
+        raise SegmentationError(path, f'records the input {modality!r}, but its model takes '
+                                      f'{model.config["in_channels"]} channels')
+    if names is not None and (not isinstance(names, list) or len(names) != model.config['num_classes']):
+        raise SegmentationError(path, f'records the class names {names!r} for a model with '
+                                      f'{model.config["num_classes"]} classes')
     return model.to(device).eval(), ckpt
 
 
@@ -267,8 +275,13 @@ class Run:
         self.full = full
         counts = full.class_counts(self.num_classes)
         self.weights = class_weights(counts, o.class_weights)
-        self.model = build_model(o.arch, seg_data.INPUTS[o.input], self.num_classes, width=o.width,
-                                 output_stride=o.output_stride, depth=o.depth).to(self.device)
+        # The initial weights come from the run's seed too, not from whatever state the global generator is in: the
+        # same options give the same run (also within one process), another seed another run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(o.seed)
+            model = build_model(o.arch, seg_data.INPUTS[o.input], self.num_classes, width=o.width,
+                                output_stride=o.output_stride, depth=o.depth)
+        self.model = model.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         if not isinstance(o.repeat, int) or o.repeat < 1:
             raise ValueError(f'repeat must be a positive integer, got {o.repeat!r}')
@@ -288,7 +301,8 @@ class Run:
         ckpt = load_checkpoint(self.last)
         saved = dict(ckpt['options'])
         now = self.opts.to_json()
-        changed = [k for k in now if k not in TrainOptions.RESUMABLE_CHANGES and saved.get(k) != now[k]]
+        defaults = TrainOptions(data='', outdir='').to_json()  # options added since the checkpoint: their defaults
+        changed = [k for k in now if k not in TrainOptions.RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]]
         if changed:
             k = changed[0]
             raise SegmentationError(self.last, f'was trained with {k}={saved.get(k)!r}, not {now[k]!r}; resume '
@@ -376,9 +390,12 @@ class Run:
                 if improved:
                     self.best_score = {'epoch': epoch + 1, 'miou': score}
                 payload = self._payload(epoch + 1)
-                save_checkpoint(self.last, payload)
+                # Best before last: a kill in between redoes this epoch on resume (same result), so it is not lost.
                 if improved:
-                    dnnlib.util.copy_atomic(self.last, self.best)
+                    save_checkpoint(self.best, payload)
+                    dnnlib.util.copy_atomic(self.best, self.last)
+                else:
+                    save_checkpoint(self.last, payload)
                 self._write_reports()
                 line = f'epoch {epoch + 1}/{o.epochs}  train loss {entry["train_loss"]:.4f}'
                 if self.val_set is not None:
