@@ -31,6 +31,7 @@ COPY interpreter ./interpreter
 COPY metrics ./metrics
 COPY apf ./apf
 COPY pipeline ./pipeline
+COPY segmentation ./segmentation
 
 # Install the project with every optional extra of pyproject.toml (read from the file, so extras added later are
 # included), pinning torch to the version already in the image so that pip can neither replace nor "upgrade" the
