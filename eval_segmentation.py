@@ -49,12 +49,9 @@ def cli(checkpoint, data, outdir, class_map, name, grid_rows, batch, expect_inpu
 
 
 def main(argv=None) -> int:
-    from segmentation.models import ModelError
-    from segmentation.train import SegmentationError
-    from training.dataset import DatasetError
+    from segmentation.train import USER_ERRORS
 
-    return dnnlib.cli.run(cli, argv, prog_name='eval_segmentation.py',
-                          user_errors=(SegmentationError, DatasetError, ModelError, ValueError))
+    return dnnlib.cli.run(cli, argv, prog_name='eval_segmentation.py', user_errors=USER_ERRORS)
 
 
 if __name__ == '__main__':

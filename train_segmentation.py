@@ -120,12 +120,9 @@ def cli(data, outdir, arch, width, depth, output_stride, modality, epochs, repea
 
 
 def main(argv=None) -> int:
-    from segmentation.models import ModelError
-    from segmentation.train import SegmentationError
-    from training.dataset import DatasetError
+    from segmentation.train import USER_ERRORS
 
-    return dnnlib.cli.run(cli, argv, prog_name='train_segmentation.py',
-                          user_errors=(SegmentationError, DatasetError, ModelError, ValueError))
+    return dnnlib.cli.run(cli, argv, prog_name='train_segmentation.py', user_errors=USER_ERRORS)
 
 
 if __name__ == '__main__':

@@ -19,13 +19,13 @@ import time
 from typing import Dict, List, Optional
 
 import numpy as np
-import PIL.Image
 import torch
 
 import dnnlib
 from interpreter import features as features_module
 from interpreter import latents as latents_module
 from interpreter.train import AnnotatedSet, AnnotationSetError, train_classifier
+from segmentation.data import read_mask
 from segmentation.metrics import ConfusionMeter, confusion_markdown, markdown_table, scores
 
 
@@ -128,25 +128,6 @@ def cross_validate(cfg, folds: Optional[int] = None, device=None, stop_rule='ori
 _MASK_FILE = re.compile(r'^(.+)\.(png|npy)$', re.IGNORECASE)
 
 
-def _read_mask(path):
-    try:
-        if path.lower().endswith('.npy'):
-            mask = np.squeeze(np.load(path, allow_pickle=False))
-        else:
-            with PIL.Image.open(path) as img:
-                if img.mode not in ('L', 'P', 'I', 'I;16'):
-                    raise AnnotationSetError(f'{path}: has pixel mode {img.mode}; a mask must be a class-index '
-                                             f'image (mode L or P) or a .npy array')
-                mask = np.asarray(img)
-    except AnnotationSetError:
-        raise
-    except Exception as e:
-        raise AnnotationSetError(f'{path}: cannot be read as a mask ({e})') from None
-    if mask.ndim != 2 or mask.dtype.kind not in 'iub':
-        raise AnnotationSetError(f'{path}: expected a 2-D class-index array, got {mask.dtype} {list(mask.shape)}')
-    return mask.astype(np.int64)
-
-
 def _mask_files(folder) -> Dict[str, str]:
     if not os.path.isdir(folder):
         raise AnnotationSetError(f'{folder}: mask folder not found')
@@ -170,7 +151,7 @@ def eval_masks(generated_dir, reference_dir, num_classes=None, class_names=None,
     for stem, ref in reference.items():
         if stem not in predicted:
             raise AnnotationSetError(f'{ref}: no generated mask {stem}.png in {masks_dir}')
-        truth, pred = _read_mask(ref), _read_mask(predicted[stem])
+        truth, pred = read_mask(ref), read_mask(predicted[stem])
         if truth.shape != pred.shape:
             raise AnnotationSetError(f'{ref}: is {truth.shape[1]}x{truth.shape[0]}, but the generated mask '
                                      f'{predicted[stem]} is {pred.shape[1]}x{pred.shape[0]}')

@@ -109,6 +109,20 @@ def _read_jsonl(path):
     return entries
 
 
+def _entry_sample(root, entry, where):
+    """A sample from a JSON entry's ``rgb``, ``nir`` and ``mask`` paths (relative to ``root`` or absolute)."""
+    paths = [os.path.join(root, entry[k]) for k in ('rgb', 'nir', 'mask')]
+    for kind, path in zip(('RGB', 'NIR', 'mask'), paths):
+        if not os.path.isfile(path):
+            raise DatasetError(path, f'{kind} file of {where} not found')
+    return _file_sample(os.path.splitext(os.path.basename(entry['rgb']))[0], *paths)
+
+
+def read_mask(path):
+    """A class-index mask (PNG of mode L/P/I or a .npy integer array) as int64 [H, W]; ``DatasetError`` otherwise."""
+    return _read_image(path, 'mask')
+
+
 def _manifest_samples(root, manifest):
     """Samples named by JSON lines with ``rgb``, ``nir`` and ``mask`` paths (relative to ``root`` or absolute)."""
     samples = []
@@ -118,12 +132,7 @@ def _manifest_samples(root, manifest):
             raise DatasetError(manifest, f'line {n} has no {missing[0]!r} path')
         if 'mask' not in entry:
             raise DatasetError(manifest, f'line {n} has no mask: this dataset has no masks to train or test on')
-        paths = [os.path.join(root, entry[k]) for k in ('rgb', 'nir', 'mask')]
-        for kind, path in zip(('RGB', 'NIR', 'mask'), paths):
-            if not os.path.isfile(path):
-                raise DatasetError(path, f'{kind} file of {manifest} line {n} not found')
-        name = os.path.splitext(os.path.basename(entry['rgb']))[0]
-        samples.append(_file_sample(name, *paths))
+        samples.append(_entry_sample(root, entry, f'{manifest} line {n}'))
     if not samples:
         raise DatasetError(manifest, 'lists no samples')
     return samples
@@ -140,11 +149,7 @@ def _generated_manifest(path):
     for entry in entries:
         if 'mask' not in entry:
             raise DatasetError(temp, f'sample {entry["index"]} has no mask')
-        paths = [os.path.join(path, entry[k]) for k in ('rgb', 'nir', 'mask')]
-        for kind, p in zip(('RGB', 'NIR', 'mask'), paths):
-            if not os.path.isfile(p):
-                raise DatasetError(p, f'{kind} file of generated sample {entry["index"]} not found')
-        samples.append(_file_sample(os.path.splitext(os.path.basename(entry['rgb']))[0], *paths))
+        samples.append(_entry_sample(path, entry, f'generated sample {entry["index"]}'))
     return samples
 
 

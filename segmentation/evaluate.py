@@ -18,7 +18,7 @@ import dnnlib
 from segmentation import data as seg_data
 from segmentation.metrics import IGNORE_INDEX, ConfusionMeter, confusion_markdown, markdown_table, scores
 from segmentation.plots import evaluation_grid
-from segmentation.train import SegmentationError, model_from_checkpoint, predict
+from segmentation.train import SegmentationError, check_labels, model_from_checkpoint, predict
 
 
 class ClassMap:
@@ -97,13 +97,6 @@ def check_class_names(model_names, data_names, data_path, class_map):
                                 f'pass --class_map to say how they correspond')
 
 
-def _check_labels(dataset, num_classes):
-    for value, file in sorted(dataset.labels_present().items()):
-        if value >= num_classes:
-            raise SegmentationError(file, f'holds class {value}, but the model has only {num_classes} classes '
-                                          f'(0..{num_classes - 1}); pass --class_map to map it')
-
-
 def write_report(outdir, name, matrix, result, class_names, grid=None, extra=None):
     """``<name>.json`` (scores, confusion matrix, ``extra``), ``<name>.md`` and ``<name>.png`` (the grid)."""
     os.makedirs(outdir, exist_ok=True)
@@ -155,7 +148,7 @@ def evaluate_checkpoint(checkpoint, data, outdir=None, class_map=None, device=No
                                                       f'was trained on {names}')
     dataset = seg_data.SegmentationSet(data, modality, class_map=class_map, progress=progress)
     check_class_names(names, dataset.class_names, dataset.path, class_map)
-    _check_labels(dataset, k)
+    check_labels(dataset, k, hint='; pass --class_map to map it')
     meter = ConfusionMeter(k)
     rows = []
     for i in range(0, len(dataset), batch):
@@ -176,12 +169,3 @@ def evaluate_checkpoint(checkpoint, data, outdir=None, class_map=None, device=No
         return dict(result, confusion_matrix=meter.matrix.tolist(), classes=names, **extra)
     grid = evaluation_grid(rows) if rows else None
     return write_report(outdir, name, meter.matrix, result, names, grid=grid, extra=extra)
-
-
-def score_mask_folders(pred_masks: Dict[str, np.ndarray], truth_masks: Dict[str, np.ndarray], num_classes,
-                       class_names=None):
-    """Confusion matrix and scores of matching named masks (used by ``--eval_masks`` and the demo)."""
-    meter = ConfusionMeter(num_classes)
-    for key, truth in truth_masks.items():
-        meter.update(torch.from_numpy(np.asarray(truth)), torch.from_numpy(np.asarray(pred_masks[key])))
-    return meter.matrix, scores(meter.matrix, class_names)

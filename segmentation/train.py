@@ -36,6 +36,10 @@ class SegmentationError(dnnlib.util.FileError):
     """Bad input for segmentation training or evaluation; one line naming the file and the problem."""
 
 
+# What the command lines report as one-line errors (exit code 2): bad files, models, options.
+USER_ERRORS = (SegmentationError, seg_data.DatasetError, ModelError, ValueError)
+
+
 @dataclasses.dataclass
 class TrainOptions:
     data: str
@@ -204,11 +208,12 @@ def model_from_checkpoint(path, device='cpu'):
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def _check_labels(dataset, num_classes, what):
+def check_labels(dataset, num_classes, hint=''):
+    """Every mask value must be a model class; the first one that is not is an error naming its mask file."""
     for value, file in sorted(dataset.labels_present().items()):
         if value >= num_classes:
-            raise SegmentationError(file, f'holds class {value}, but the {what} has {num_classes} classes '
-                                          f'(0..{num_classes - 1})')
+            raise SegmentationError(file, f'holds class {value}, but the model has only {num_classes} classes '
+                                          f'(0..{num_classes - 1}){hint}')
 
 
 def _resolve_classes(opts, train_set):
@@ -253,7 +258,7 @@ class Run:
                                                                            else 'cpu')
         full = seg_data.SegmentationSet(o.data, o.input, all_samples=o.all_samples, progress=self.progress)
         self.num_classes, self.class_names = _resolve_classes(o, full)
-        _check_labels(full, self.num_classes, 'model')
+        check_labels(full, self.num_classes)
         if o.val:
             if o.val_fraction > 0:
                 raise ValueError('give either --val or --val_fraction, not both')
@@ -263,7 +268,7 @@ class Run:
                 raise SegmentationError(self.val_set.samples[0].mask_file,
                                         f'is {self.val_set.shape[1]}x{self.val_set.shape[0]}, but the training '
                                         f'pairs are {full.shape[1]}x{full.shape[0]}')
-            _check_labels(self.val_set, self.num_classes, 'model')
+            check_labels(self.val_set, self.num_classes)
         elif o.val_fraction > 0:
             if len(full) < 2:
                 raise SegmentationError(o.data, 'holds one sample; a validation split needs at least two')

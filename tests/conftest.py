@@ -70,3 +70,20 @@ def _deterministic_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope='module')
+def _one_torch_thread_module():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def one_torch_thread(_one_torch_thread_module, _deterministic_threads):
+    """One torch thread for a module (its module fixtures too; use with ``pytest.mark.usefixtures``). Tiny models
+    gain nothing from a second thread, and two threads slow down many-fold while another process holds a core
+    (OpenMP's spinning barriers); one thread keeps such tests fast and steady."""
+    torch.set_num_threads(1)
+    yield

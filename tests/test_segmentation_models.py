@@ -17,21 +17,7 @@ CONFIGS = {
 SIZES = [32, 64, 128, 256, 512]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread_module():
-    # Tiny models gain nothing from a second thread, and two threads slow down many-fold while another process holds
-    # a core (OpenMP's spinning barriers); one thread keeps these tests fast and steady. (Set here for the module's
-    # fixtures and below for each test, after conftest's fixed two threads.)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(_one_thread_module):
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _forward(model, x):
