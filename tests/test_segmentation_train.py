@@ -486,3 +486,13 @@ def test_class_map_permuting_ids_equals_premapped_masks(work, demo, demo_ckpt, c
     # And the mapped truth is what the model is scored against, pixel for pixel.
     np.testing.assert_array_equal(b['confusion_matrix'], reference_confusion(
         demo_ckpt, permuted, 4, truth_fn=lambda t: np.where(t == 255, 255, model_of[np.minimum(t, 3)])))
+
+
+def test_repeat_makes_an_epoch_several_passes(tmp_path):
+    data = write_rule_set(tmp_path / 'rule', 4, seed=3)
+    opts = TrainOptions(data=data, outdir=str(tmp_path / 'run'), width=4, depth=2, epochs=2, repeat=3, batch=4,
+                        device='cpu')
+    Run(opts, **QUIET).run()
+    ckpt = torch.load(tmp_path / 'run' / 'checkpoint-last.pt', weights_only=True)
+    steps = {int(s['step']) for s in ckpt['optimizer']['state'].values()}
+    assert steps == {2 * 3}  # 2 epochs x 3 passes x one batch of 4
