@@ -76,15 +76,24 @@ def _common(f):
               help='Ignore kept.jsonl (the uncertainty filter) and use every generated sample.')
 @click.option('--manifest-only', 'manifest_only', is_flag=True,
               help='Write accepted.jsonl (paths into --generated) instead of copying the accepted samples.')
+@click.option('--gpus', type=click.IntRange(min=1), default=None,
+              help="Processes to spread the embedding over (GPUs, or CPU processes) [default: 1, or torchrun's "
+                   "world size].")
+@click.option('--dist-timeout', 'dist_timeout', type=click.FloatRange(min=1), default=900, show_default=True,
+              metavar='SEC', help='Seconds a rank waits for a silent peer before the job ends.')
 def filter_cli(generated, real, identity_pattern, weights, arch, device, fp16, batch_size, center_crop, cache,
-               no_progress, outdir, threshold, duplicate_threshold, identity_score, all_samples, manifest_only):
+               no_progress, outdir, threshold, duplicate_threshold, identity_score, all_samples, manifest_only, gpus,
+               dist_timeout):
     """Filter a generated RGB+NIR+mask dataset against the real training identities (subcommand: calibrate)."""
-    from apf.filter import run_filter
-    summary = run_filter(generated, real, weights, arch=arch, outdir=outdir, threshold=threshold,
-                         duplicate_threshold=duplicate_threshold, identity_pattern=identity_pattern,
-                         identity_score=identity_score, device=_device(device), fp16=fp16, batch_size=batch_size,
-                         center_crop=center_crop, cache=cache, use_kept=not all_samples, manifest_only=manifest_only,
-                         progress=not no_progress, log=click.echo)
+    from apf.filter import run_filter_on_ranks
+    summary = run_filter_on_ranks(
+        gpus=gpus, timeout_s=dist_timeout, generated=generated, real=real, weights=weights, arch=arch, outdir=outdir,
+        threshold=threshold, duplicate_threshold=duplicate_threshold, identity_pattern=identity_pattern,
+        identity_score=identity_score, device=_device(device), fp16=fp16, batch_size=batch_size,
+        center_crop=center_crop, cache=cache, use_kept=not all_samples, manifest_only=manifest_only,
+        progress=not no_progress)
+    if summary is None:  # a rank of a torchrun job other than 0: rank 0 reports
+        return
     c = summary['counts']
     click.echo(f"{c['accepted']} of {c['total']} samples accepted; {c['rejected_identity']} rejected as too close to "
                f"a real identity (cosine > {threshold}), {c['rejected_duplicate']} as duplicates")
@@ -129,9 +138,14 @@ def calibrate_cli(real, identity_pattern, weights, arch, device, fp16, batch_siz
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (2 for bad input, with one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from torch_utils.distributed import DistributedError, RankFailed
     if argv and argv[0] == 'calibrate':
         return dnnlib.cli.run(calibrate_cli, argv[1:], prog_name='apf_filter.py calibrate', user_errors=(ApfError,))
-    return dnnlib.cli.run(filter_cli, argv, prog_name='apf_filter.py', user_errors=(ApfError,))
+    try:
+        return dnnlib.cli.run(filter_cli, argv, prog_name='apf_filter.py', user_errors=(ApfError, DistributedError))
+    except RankFailed as exc:
+        click.echo(f'error: {exc}', err=True)
+        return exc.exit_code
 
 
 if __name__ == '__main__':

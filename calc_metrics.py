@@ -13,13 +13,13 @@ appended to its metric-<name>.jsonl.
 
 import os
 import sys
-import tempfile
 
 import click
 import torch
 
 import dnnlib
 from metrics import metric_main, metric_utils
+from torch_utils import distributed
 from training import legacy
 
 PAIRED_DATASET = 'training.dataset.PairedImageDataset'
@@ -61,46 +61,40 @@ def _check_dataset(dataset_kwargs):
         raise InputError(f'dataset {dataset_kwargs.get("path")} is empty')
 
 
-def _run(rank, args, temp_dir):
-    """One process: set up torch.distributed when needed, compute every metric, report on rank 0."""
-    num_gpus = args.num_gpus
-    if torch.cuda.is_available():
-        torch.cuda.set_device(rank)
-        device = torch.device('cuda', rank)
-    else:
-        device = torch.device('cpu')
-    if num_gpus > 1:
-        init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
-        backend = 'nccl' if device.type == 'cuda' and os.name != 'nt' else 'gloo'
-        init_method = f'file:///{init_file.replace(os.sep, "/")}' if os.name == 'nt' else f'file://{init_file}'
-        torch.distributed.init_process_group(backend=backend, init_method=init_method, rank=rank,
-                                             world_size=num_gpus)
+def _run(world, args):
+    """One rank: compute every metric (spread over the ranks), report on rank 0."""
+    device = world.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
-    progress = metric_utils.ProgressMonitor(verbose=args.verbose) if rank == 0 else None
-    for metric in args.metrics:
-        if rank == 0 and args.verbose:
-            print(f'Calculating {metric}...', flush=True)
-        result = metric_main.calc_metric(metric=metric, G=args.G, dataset_kwargs=args.dataset_kwargs,
-                                         num_gpus=num_gpus, rank=rank, device=device, progress=progress,
-                                         detector_dir=args.detector_dir, seed=args.seed)
-        if rank == 0:
-            metric_main.report_metric(result, run_dir=args.run_dir, snapshot_pkl=args.network_pkl)
-
-
-def _spawn_entry(rank, args, temp_dir):
+    progress = metric_utils.ProgressMonitor(verbose=args.verbose) if world.is_main else None
     try:
-        _run(rank, args, temp_dir)
+        for metric in args.metrics:
+            if world.is_main and args.verbose:
+                print(f'Calculating {metric}...', flush=True)
+            result = metric_main.calc_metric(metric=metric, G=args.G, dataset_kwargs=args.dataset_kwargs,
+                                             num_gpus=world.size, rank=world.rank, device=device, progress=progress,
+                                             detector_dir=args.detector_dir, seed=args.seed)
+            if world.is_main:
+                metric_main.report_metric(result, run_dir=args.run_dir, snapshot_pkl=args.network_pkl)
     except metric_utils.DetectorUnavailable as exc:
-        if rank == 0:
+        if world.is_main:
             click.echo(f'error: {exc}', err=True)
         sys.exit(2)
 
 
-def calc_metrics(network_pkl, metrics, data=None, mirror=None, gpus=1, detector_dir=None, seed=None, verbose=True):
-    """Validate everything up front (InputError on bad input), then compute and report the metrics."""
+def calc_metrics(network_pkl, metrics, data=None, mirror=None, gpus=None, detector_dir=None, seed=None, verbose=True,
+                 timeout_s=distributed.DEFAULT_TIMEOUT_S):
+    """Validate everything up front (InputError on bad input), then compute and report the metrics: in this process,
+    in ``gpus`` processes spawned here, or on every rank of a torchrun job."""
+    world = distributed.from_environment()
+    if world is not None:
+        if gpus is not None and gpus != world.size:
+            raise InputError(f'--gpus {gpus} disagrees with torchrun\'s world size {world.size}; leave --gpus out')
+        gpus = world.size
+        verbose = verbose and world.is_main
+    gpus = 1 if gpus is None else gpus
     if not network_pkl:
         raise InputError('--network is required')
     metrics = [name.strip() for name in metrics.split(',') if name.strip()] if metrics else []
@@ -111,7 +105,7 @@ def calc_metrics(network_pkl, metrics, data=None, mirror=None, gpus=1, detector_
             raise InputError(f'unknown metric {name!r}; valid metrics: {", ".join(metric_main.list_valid_metrics())}')
     if gpus < 1:
         raise InputError(f'--gpus must be at least 1, got {gpus}')
-    if torch.cuda.is_available() and gpus > torch.cuda.device_count():
+    if world is None and torch.cuda.is_available() and gpus > torch.cuda.device_count():
         raise InputError(f'--gpus={gpus} but only {torch.cuda.device_count()} CUDA device(s) are visible')
     if not dnnlib.util.is_url(network_pkl, allow_file_urls=True) and not os.path.isfile(network_pkl):
         raise InputError(f'network pickle {network_pkl} does not exist')
@@ -143,15 +137,8 @@ def calc_metrics(network_pkl, metrics, data=None, mirror=None, gpus=1, detector_
     if verbose:
         print(f'Dataset options: {dict(dataset_kwargs)}', flush=True)
         print(f'Launching {gpus} process(es)...', flush=True)
-    if gpus == 1:
-        _run(0, args, None)
-        return
-    with tempfile.TemporaryDirectory() as temp_dir:
-        torch.multiprocessing.set_start_method('spawn', force=True)
-        try:
-            torch.multiprocessing.spawn(fn=_spawn_entry, args=(args, temp_dir), nprocs=gpus)
-        except torch.multiprocessing.ProcessExitedException as exc:
-            sys.exit(exc.exit_code if exc.exit_code and exc.exit_code > 0 else 1)
+    distributed.launch(_run, args=(args,), gpus=None if world is not None else gpus,
+                       device_type='cuda' if torch.cuda.is_available() else 'cpu', timeout_s=timeout_s)
 
 
 @click.command()
@@ -160,11 +147,14 @@ def calc_metrics(network_pkl, metrics, data=None, mirror=None, gpus=1, detector_
               help=f'Comma-separated metrics or "none": {", ".join(metric_main.list_valid_metrics())}.')
 @click.option('--data', metavar='PATH', help='Paired dataset to compare against [default: the one used in training].')
 @click.option('--mirror', type=bool, metavar='BOOL', help='Mirror the dataset images [default: as in training].')
-@click.option('--gpus', type=int, default=1, show_default=True, metavar='INT', help='Number of processes (GPUs).')
+@click.option('--gpus', type=int, default=None, metavar='INT',
+              help='Number of processes (GPUs) [default: 1, or torchrun\'s world size].')
+@click.option('--dist-timeout', type=click.FloatRange(min=1), default=distributed.DEFAULT_TIMEOUT_S, show_default=True,
+              metavar='SEC', help='Seconds a rank waits for a silent peer before the job ends.')
 @click.option('--detector-dir', metavar='DIR', help='Folder holding inception-2015-12-05.pt and vgg16.pt.')
 @click.option('--seed', type=int, metavar='INT', help='Seed for latents and subsets [default: fresh each run].')
 @click.option('--verbose', type=bool, default=True, show_default=True, metavar='BOOL', help='Print progress.')
-def main(network_pkl, metrics, data, mirror, gpus, detector_dir, seed, verbose):
+def main(network_pkl, metrics, data, mirror, gpus, dist_timeout, detector_dir, seed, verbose):
     """Compute quality metrics (RGB and NIR) of a trained network pickle.
 
     \b
@@ -173,10 +163,13 @@ def main(network_pkl, metrics, data, mirror, gpus, detector_dir, seed, verbose):
     """
     try:
         calc_metrics(network_pkl, metrics, data=data, mirror=mirror, gpus=gpus, detector_dir=detector_dir, seed=seed,
-                     verbose=verbose)
-    except (InputError, metric_utils.DetectorUnavailable) as exc:
+                     verbose=verbose, timeout_s=dist_timeout)
+    except (InputError, metric_utils.DetectorUnavailable, distributed.DistributedError) as exc:
         click.echo(f'error: {exc}', err=True)
         sys.exit(2)
+    except distributed.RankFailed as exc:
+        click.echo(f'error: {exc}', err=True)
+        sys.exit(exc.exit_code)
 
 
 def cli(argv=None):

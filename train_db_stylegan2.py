@@ -89,14 +89,17 @@ def _fail(message):
 @click.option('--nhwc', help='Use NHWC memory format with FP16', type=bool, metavar='BOOL')
 @click.option('--nobench', help='Disable cuDNN benchmarking', type=bool, metavar='BOOL')
 @click.option('--allow-tf32', help='Allow PyTorch to use TF32 internally', type=bool, metavar='BOOL')
+@click.option('--dist-timeout', help='Seconds a rank waits for a silent peer before the job ends [default: 900]',
+              type=click.FloatRange(min=1), metavar='SEC')
 @click.option('--workers', help='DataLoader workers [default: 3, at most the number of CPUs]', type=int, metavar='INT')
-def main(ctx, outdir, dry_run, **config_kwargs):
+def main(ctx, outdir, dry_run, dist_timeout, **config_kwargs):
     """Train the dual-branch StyleGAN2-ADA of BiOcularGAN / BiFaceGAN.
 
     Every run gets a new directory OUTDIR/NNNNN-DESC with training_options.json, log.txt, stats.jsonl, image grids of
     both modalities (reals.png, reals_nir.png, fakesNNNNNN.png, fakesNNNNNN_nir.png), network snapshots
     (network-snapshot-NNNNNN.pkl, with D_NIR) and, beside each, training-state-NNNNNN.pt for an exact continuation.
     """
+    from torch_utils import distributed
     from training import options
     from training.dataset import DatasetError
     from training.legacy import CheckpointError
@@ -105,25 +108,40 @@ def main(ctx, outdir, dry_run, **config_kwargs):
     kwargs = {k: v for k, v in config_kwargs.items() if v is not None}
     kwargs = {k.replace('-', '_'): v for k, v in kwargs.items()}
     try:
+        world = distributed.from_environment()
+        if world is not None:  # torchrun: its world size is the number of processes
+            if kwargs.get('gpus', world.size) != world.size:
+                raise options.UserError(f'--gpus {kwargs["gpus"]} disagrees with torchrun\'s world size '
+                                        f'{world.size}; leave --gpus out under torchrun')
+            kwargs['gpus'] = world.size
         continuation = options.resolve_continuation(kwargs.get('resume'))
         if continuation is not None:
             snapshot, state, c = continuation
+            processes = kwargs.get('gpus', c.num_gpus)
+            if processes != c.num_gpus:
+                raise options.UserError(
+                    f'{state}: saved by a run of {c.num_gpus} process(es); an exact continuation needs as many, '
+                    f'not {processes} (--gpus {c.num_gpus}, or torchrun with {c.num_gpus} processes in all)')
             if kwargs.get('kimg') is not None:
                 c.total_kimg = kwargs['kimg']  # the one option that may change: train for longer
             c.resume_pkl, c.resume_state = snapshot, state
             c.pop('run_dir', None)
             desc = re.sub(r'^\d+-', '', os.path.basename(os.path.dirname(snapshot))) + '-continued'
-            ignored = sorted(given - {'resume', 'kimg', 'outdir'})
+            ignored = sorted(given - {'resume', 'kimg', 'outdir', 'gpus'})
             if ignored:
                 click.echo(f'Note: continuing {snapshot} with its own options; ignoring --{", --".join(ignored)}')
         else:
             if kwargs.get('data') is None:
                 raise options.UserError('--data is required (unless --resume names a run to continue)')
             desc, c = options.setup_training_options(given=given, **kwargs)
-        options.launch_training(c=c, desc=desc, outdir=outdir, dry_run=dry_run)
+        timeout = dict(timeout_s=dist_timeout) if dist_timeout else {}
+        options.launch_training(c=c, desc=desc, outdir=outdir, dry_run=dry_run, **timeout)
     except (options.UserError, DatasetError, CheckpointError, dnnlib.util.OfflineDownloadError,
-            FileNotFoundError) as exc:
+            FileNotFoundError, distributed.DistributedError) as exc:
         _fail(str(exc))
+    except distributed.RankFailed as exc:
+        click.echo(f'error: {exc}', err=True)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == '__main__':

@@ -9,6 +9,10 @@ generate an annotated RGB + NIR dataset.
   python train_interpreter.py --exp EXPERIMENTS/interpreter/CrossEyed_NIR_RGB/train_datagan.json --generate_data True \\
       --num_sample 1000 --resume EXPERIMENTS/interpreter/CrossEyed_NIR_RGB
 \b
+  # The same on 4 GPUs of this machine, or with torchrun on one or several machines (same files as one process):
+  python train_interpreter.py --exp ... --generate_data True --num_sample 5000 --gpus 4
+  torchrun --nproc-per-node 4 train_interpreter.py --exp ... --generate_data True --num_sample 5000
+\b
   # Are the annotations enough? Leave-one-out over them (report in exp_dir/cross_validation.md; models/ untouched):
   python train_interpreter.py --exp EXPERIMENTS/interpreter/CrossEyed_NIR_RGB/train_datagan.json --cross_validate True
 \b
@@ -39,6 +43,11 @@ def _fail(message):
 @click.option('--out', default=None, metavar='DIR', help='Output folder for generation [default: RESUME/samples].')
 @click.option('--seed', type=int, default=None, help='Random seed [default: the config\'s seed].')
 @click.option('--device', default=None, help='cpu, cuda or cuda:N [default: cuda if available].')
+@click.option('--gpus', type=click.IntRange(min=1), default=None,
+              help='Generation: processes to split the samples over (GPUs, or CPU processes) [default: 1, or '
+                   'torchrun\'s world size].')
+@click.option('--dist-timeout', 'dist_timeout', type=click.FloatRange(min=1), default=900, show_default=True,
+              metavar='SEC', help='Seconds a rank waits for a silent peer before the job ends.')
 @click.option('--dense', is_flag=True, help='Generation: use the dense reference feature path (slow, for checks).')
 @click.option('--stop_rule', type=click.Choice(['original', 'smoothed']), default='original', show_default=True,
               help='Training stop rule: the originals\' per-batch rule or a smoothed-loss plateau.')
@@ -55,12 +64,14 @@ def _fail(message):
 @click.option('--eval_masks', default=None, metavar='DIR',
               help='Score the generated masks in --out against the reference masks in DIR.')
 @click.option('--class_names', default=None, metavar='A,B,..', help='Class names for the reports, comma-separated.')
-def main(exp, exp_dir, generate_data, resume, num_sample, start_step, out, seed, device, dense, stop_rule,
+def main(exp, exp_dir, generate_data, resume, num_sample, start_step, out, seed, device, gpus, dist_timeout, dense,
+         stop_rule,
          uncertainty_portion, filter_only, cross_validate, folds, cv_models, eval_masks, class_names):
     """Train the interpreter ensemble, or generate an annotated dataset with it."""
     import os
 
     from interpreter import config, crossval, generate, train
+    from torch_utils import distributed
     from training.legacy import CheckpointError
 
     try:
@@ -88,16 +99,19 @@ def main(exp, exp_dir, generate_data, resume, num_sample, start_step, out, seed,
             resume = resume or cfg.exp_dir
             out = out or os.path.join(resume, 'samples')
             if not filter_only:
-                generate.generate_dataset(cfg, resume, num_sample, start_step=start_step, out_dir=out,
-                                          device=device, fast=not dense)
-            if cfg.uncertainty_portion > 0:
+                generate.generate_on_ranks(cfg, resume, num_sample, start_step=start_step, out_dir=out,
+                                           device=device, fast=not dense, gpus=gpus, timeout_s=dist_timeout)
+            elif cfg.uncertainty_portion > 0:
                 kept, rejected = generate.filter_by_uncertainty(out, cfg.uncertainty_portion)
                 click.echo(f'{kept} samples kept, {rejected} most uncertain listed in {out}/rejected.jsonl')
         else:
             paths = train.train_ensemble(cfg, device=device, stop_rule=stop_rule)
             click.echo(f'{len(paths)} classifiers in {os.path.dirname(paths[0])}')
+    except distributed.RankFailed as exc:
+        click.echo(f'error: {exc}', err=True)
+        sys.exit(exc.exit_code)
     except (config.ConfigError, train.AnnotationSetError, CheckpointError, ValueError,
-            FileNotFoundError) as exc:
+            FileNotFoundError, distributed.DistributedError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 

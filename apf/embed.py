@@ -75,17 +75,29 @@ class Embedder:
         return e.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
-    def embed_files(self, paths: Sequence[str], progress: bool = True, desc: str = 'embedding') -> np.ndarray:
-        """Image files -> float32 [N, D] unit vectors; an unreadable file is an ``ApfError`` naming it."""
+    def embed_files(self, paths: Sequence[str], progress: bool = True, desc: str = 'embedding',
+                    world=None) -> np.ndarray:
+        """Image files -> float32 [N, D] unit vectors; an unreadable file is an ``ApfError`` naming it.
+
+        With a ``world`` of several ranks, each embeds every ``size``-th batch and all get the whole result; the
+        batches are the ones a single process forms, so the numbers are the same."""
         from tqdm import tqdm
-        out = []
-        with tqdm(total=len(paths), desc=desc, unit='img', dynamic_ncols=True, disable=not progress) as bar:
-            for start in range(0, len(paths), self.batch_size):
+        starts = list(range(0, len(paths), self.batch_size))
+        mine = starts if world is None else world.shard(starts)
+        out = {}
+        show = progress and (world is None or world.is_main)
+        total = sum(len(paths[s:s + self.batch_size]) for s in mine)
+        with tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True, disable=not show) as bar:
+            for start in mine:
                 chunk = paths[start:start + self.batch_size]
                 batch = np.stack([preprocess(read_rgb(p), self.center_crop) for p in chunk])
-                out.append(self._forward(batch))
+                out[start] = self._forward(batch)
                 bar.update(len(chunk))
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        if world is not None and world.distributed:
+            from torch_utils import distributed
+            for part in distributed.gather_objects(out, world):
+                out.update(part)
+        return np.concatenate([out[s] for s in starts]) if starts else np.zeros((0, 0), np.float32)
 
 
 def _stat(path):
@@ -119,21 +131,24 @@ class EmbeddingCache:
         for (name, stat), vec in zip(meta['files'], emb):
             self.rows[name] = (stat, vec)
 
-    def embed(self, embedder: Embedder, files: Sequence[tuple], progress=True, log=print) -> np.ndarray:
-        """``files``: (cache name, absolute path) pairs -> [N, D], computing only what the cache lacks."""
+    def embed(self, embedder: Embedder, files: Sequence[tuple], progress=True, log=print, world=None) -> np.ndarray:
+        """``files``: (cache name, absolute path) pairs -> [N, D], computing only what the cache lacks (spread over
+        the ranks of ``world``; only rank 0 writes the cache)."""
         stats = [_stat(path) for _, path in files]
         missing = [i for i, ((name, _), st) in enumerate(zip(files, stats))
                    if name not in self.rows or self.rows[name][0] != st]
         reused = len(files) - len(missing)
-        new = embedder.embed_files([files[i][1] for i in missing], progress=progress, desc='embedding real images')
+        new = embedder.embed_files([files[i][1] for i in missing], progress=progress, desc='embedding real images',
+                                   world=world)
+        main = world is None or world.is_main
         for j, i in enumerate(missing):
             self.rows[files[i][0]] = (stats[i], new[j])
-        if self.path:
+        if self.path and main:
             log(f'real-image embeddings: {reused} of {len(files)} reused from {self.path}')
         if not files:
             return np.zeros((0, 0), np.float32)
         out = np.stack([self.rows[name][1] for name, _ in files]).astype(np.float32)
-        if missing and self.path:
+        if missing and self.path and main:
             self._write([name for name, _ in files], stats, out)
         return out
 

@@ -235,12 +235,16 @@ def write_outputs(outdir, generated_root, samples, rows, accepted, manifest_only
 def run_filter(generated, real, weights, arch='r100', outdir=None, threshold=AUTHORS_THRESHOLD,
                duplicate_threshold=None, identity_pattern=None, identity_score='max', device='cpu', fp16=False,
                batch_size=32, center_crop=1.0, cache=None, use_kept=True, manifest_only=False, progress=True,
-               log=print, embedder=None, cache_key=None):
+               log=print, embedder=None, cache_key=None, world=None):
     """Filter the generated dataset ``generated`` against the real images in ``real``; returns the summary dict.
 
     ``embedder``/``cache_key`` replace loading ``weights`` (tests, notebooks). ``cache``: the real-embedding cache
-    file (default ``<outdir>/cache/real_embeddings-<arch>.npz``; ``''``: none).
+    file (default ``<outdir>/cache/real_embeddings-<arch>.npz``; ``''``: none). On the ranks of a ``world``
+    (``torch_utils.distributed``) the embedding is spread over them and rank 0 alone writes the outputs, which are
+    the same as one process's.
     """
+    from torch_utils import distributed
+    world = world or distributed.World()
     from apf.embed import EmbeddingCache, load_embedder
     t0 = time.time()
     if outdir is None:
@@ -257,9 +261,10 @@ def run_filter(generated, real, weights, arch='r100', outdir=None, threshold=AUT
     if cache is None:
         cache = os.path.join(outdir, 'cache', f'real_embeddings-{arch}.npz')
     store = EmbeddingCache(cache or None, dict(cache_key or {}, real=os.path.abspath(real)))
-    real_emb = store.embed(embedder, [(im.relpath, im.path) for im in real_images], progress=progress, log=log)
+    real_emb = store.embed(embedder, [(im.relpath, im.path) for im in real_images], progress=progress, log=log,
+                           world=world)
     gen_emb = embedder.embed_files([os.path.join(generated, s.files['rgb']) for s in samples], progress=progress,
-                                   desc='embedding generated images')
+                                   desc='embedding generated images', world=world)
     score, ident, nearest, identities = identity_similarities(gen_emb, real_emb, [im.identity for im in real_images],
                                                               mode=identity_score)
     decisions, dup_of, dup_sim = decide(score, threshold, gen_emb, duplicate_threshold)
@@ -281,7 +286,8 @@ def run_filter(generated, real, weights, arch='r100', outdir=None, threshold=AUT
                      title=f'APF: {counts["accepted"]} of {counts["total"]} accepted, '
                            f'{counts["rejected_identity"]} too close to a real identity, '
                            f'{counts["rejected_duplicate"]} duplicates')
-    write_outputs(outdir, generated, samples, rows, accepted, manifest_only, hist_args)
+    if world.is_main:
+        write_outputs(outdir, generated, samples, rows, accepted, manifest_only, hist_args)
     summary = dict(
         counts=counts, threshold=threshold, duplicate_threshold=duplicate_threshold, rule='reject if > threshold',
         identity_score=identity_score, generated=generated, sample_list=source, real=os.path.abspath(real),
@@ -293,5 +299,47 @@ def run_filter(generated, real, weights, arch='r100', outdir=None, threshold=AUT
                      manifest='accepted.jsonl' if manifest_only else None, report='apf_report.csv',
                      histogram='apf_similarity_hist.png'),
         seconds=round(time.time() - t0, 2))
-    _write_text(os.path.join(outdir, 'apf_summary.json'), json.dumps(summary, indent=2) + '\n')
+    if world.is_main:
+        _write_text(os.path.join(outdir, 'apf_summary.json'), json.dumps(summary, indent=2) + '\n')
+    distributed.barrier(world)  # every rank returns once the outputs exist
     return summary
+
+
+def _filter_rank(world, kwargs, result_file):
+    if world.distributed and torch_device_type(kwargs.get('device', 'cpu')) == 'cuda':
+        kwargs = dict(kwargs, device=f'cuda:{world.local_rank}')
+    summary = run_filter(**kwargs, world=world, log=print)
+    if world.is_main and result_file:
+        with open(result_file, 'w') as f:
+            json.dump(summary, f)
+    return summary
+
+
+def run_filter_on_ranks(gpus=None, timeout_s=900, **kwargs):
+    """``run_filter`` in this process, in ``gpus`` processes spawned here, or on every rank of a torchrun job;
+    returns the summary (None on the ranks of a torchrun job other than 0). Inputs are checked here first, so
+    that bad input is one error, not one per rank."""
+    import tempfile
+
+    from torch_utils import distributed
+    scan_generated(kwargs['generated'], use_kept=kwargs.get('use_kept', True))
+    scan_real(kwargs['real'], kwargs.get('identity_pattern'))
+    if kwargs.get('outdir') is None:
+        raise ApfError('an output folder (--outdir) is required')
+    check_outdir(kwargs['outdir'], os.path.abspath(kwargs['generated']))
+    device_type = torch_device_type(kwargs.get('device', 'cpu'))
+    world = distributed.from_environment()
+    if world is not None or not gpus or gpus == 1:
+        summary = distributed.launch(_filter_rank, args=(kwargs, None), gpus=gpus, device_type=device_type,
+                                     timeout_s=timeout_s)
+        return summary if world is None or world.is_main else None
+    with tempfile.TemporaryDirectory() as tmp:  # spawned ranks hand the summary back through a file
+        result_file = os.path.join(tmp, 'summary.json')
+        distributed.launch(_filter_rank, args=(kwargs, result_file), gpus=gpus, device_type=device_type,
+                           timeout_s=timeout_s)
+        with open(result_file) as f:
+            return json.load(f)
+
+
+def torch_device_type(device) -> str:
+    return 'cuda' if str(device).startswith('cuda') else 'cpu'

@@ -5,6 +5,11 @@ Sample ``i`` always has ``z = RandomState([seed, i]).randn(z_dim)``, so a datase
 sample's files are written under temporary names and renamed; its line in the shard's ``metadata-*.jsonl`` is written
 last, so a sample counts as done exactly when that line exists, and an interrupted run continues after the last one.
 
+Several processes (``--gpus N`` or torchrun; ``generate_on_ranks``) split the samples by index, rank ``r`` taking
+every ``N``-th from ``r``; each writes its own ``metadata-*.rank{r}.jsonl`` and, once every rank has finished, rank 0
+merges them into the one shard file a single process would have written (lines sorted by index), so the folder is
+file-for-file the same however many processes made it.
+
 Layout of the output folder::
 
     RGB/{i:06d}.png  NIR/{i:06d}.png  masks/{i:06d}.png (class ids)  masks_color/{i:06d}.png
@@ -25,6 +30,7 @@ from interpreter import classifier as classifier_module
 from interpreter import features as features_module
 from interpreter import latents as latents_module
 from interpreter import visualize
+from torch_utils import distributed
 
 SUBDIRS = ('RGB', 'NIR', 'masks', 'masks_color')
 
@@ -43,27 +49,72 @@ def finished_samples(out_dir):
     """``{index: metadata entry}`` of every sample of ``out_dir`` whose line is in a ``metadata-*.jsonl`` shard (a line
     cut by a crash is skipped: that sample counts as not done)."""
     done = {}
-    for path in glob.glob(os.path.join(out_dir, 'metadata-*.jsonl')):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a crash: that sample is simply redone
-                    continue
-                done[int(entry['index'])] = entry
+    for path in sorted(glob.glob(os.path.join(out_dir, 'metadata-*.jsonl'))):
+        done.update(_read_entries(path))
+    return done
+
+
+def _shard_path(out_dir, start, end, rank=None):
+    """The metadata file of samples ``start..end``: the merged one, one rank's (``rank``), or a glob of all ranks'
+    (``rank='*'``)."""
+    stem = os.path.join(out_dir, f'metadata-{start:06d}-{end:06d}')
+    if rank is None:
+        return f'{stem}.jsonl'
+    return f'{stem}.rank[0-9][0-9][0-9].jsonl' if rank == '*' else f'{stem}.rank{rank:03d}.jsonl'
+
+
+def _finish(out_dir, start, end, log):
+    """After every rank is done with samples ``start..end``: one metadata file for them, lines sorted by index (the
+    ranks' files merged, a line cut by a crash dropped), and no temporary file of theirs left behind."""
+    final = _shard_path(out_dir, start, end)
+    rank_files = sorted(glob.glob(_shard_path(out_dir, start, end, rank='*')))
+    entries = {}
+    for path in [final] + rank_files:
+        if os.path.isfile(path):
+            entries.update(_read_entries(path))
+    entries = {i: e for i, e in entries.items() if start <= i <= end}
+    text = ''.join(json.dumps(entries[i]) + '\n' for i in sorted(entries))
+    current = open(final).read() if os.path.isfile(final) else None
+    if text != current:
+        with dnnlib.util.atomic_write(final, 'w') as f:
+            f.write(text)
+    for path in rank_files:
+        os.remove(path)
+    stale = [p for sub in SUBDIRS for p in glob.glob(os.path.join(out_dir, sub, '[0-9]' * 6 + '.png.tmp-*'))
+             if start <= int(os.path.basename(p)[:6]) <= end]
+    for path in stale:
+        os.remove(path)
+    if rank_files:
+        log(f'merged the metadata of {len(rank_files)} ranks into {os.path.basename(final)}')
+
+
+def _read_entries(path):
+    done = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash: that sample is simply redone
+                continue
+            done[int(entry['index'])] = entry
     return done
 
 
 def generate_dataset(cfg, resume_dir, num_sample, start_step=0, out_dir=None, seed=None, device=None, fast=True,
-                     progress=True, log=print):
+                     progress=True, log=print, world=None):
     """Generate samples ``start_step .. start_step + num_sample - 1`` into ``out_dir`` (default
-    ``<resume_dir>/samples``) with the ensemble in ``<resume_dir>/models``; returns the output folder."""
+    ``<resume_dir>/samples``) with the ensemble in ``<resume_dir>/models``; returns the output folder. On a rank of
+    ``world`` only its share is made (see the module notes); every rank must call this."""
+    world = world or distributed.World()
     device = latents_module.pick_device(device)
+    if world.distributed and device.type == 'cuda':
+        device = world.device('cuda')
     seed = cfg.seed if seed is None else seed
     out_dir = out_dir or os.path.join(resume_dir, 'samples')
+    end = start_step + num_sample - 1
     models = classifier_module.load_ensemble(resume_dir, cfg.model_num, numpy_class=cfg.number_class,
                                              dim=cfg.dim[2], device=device)
     G = latents_module.load_generator(cfg.stylegan_checkpoint, key=cfg.generator_key, device=device)
@@ -74,14 +125,16 @@ def generate_dataset(cfg, resume_dir, num_sample, start_step=0, out_dir=None, se
     for sub in SUBDIRS:
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     done = finished_samples(out_dir)
-    indices = [i for i in range(start_step, start_step + num_sample) if i not in done]
-    if len(indices) < num_sample:
-        log(f'{num_sample - len(indices)} of the {num_sample} samples are already in {out_dir}; continuing')
-    metadata_path = os.path.join(out_dir, f'metadata-{start_step:06d}-{start_step + num_sample - 1:06d}.jsonl')
+    already = sum(1 for i in range(start_step, end + 1) if i in done)
+    indices = [i for i in world.shard(range(start_step, end + 1)) if i not in done]
+    if already and world.is_main:
+        log(f'{already} of the {num_sample} samples are already in {out_dir}; continuing')
+    metadata_path = _shard_path(out_dir, start_step, end, rank=world.rank if world.distributed else None)
     iterator = indices
-    if progress:
+    if progress and world.is_main:
         from tqdm import tqdm
-        iterator = tqdm(indices, desc='generating', unit='sample', dynamic_ncols=True)
+        desc = 'generating' if not world.distributed else f'generating (rank 0 of {world.size})'
+        iterator = tqdm(indices, desc=desc, unit='sample', dynamic_ncols=True)
     times = []
     with open(metadata_path, 'a') as metadata:
         for i in iterator:
@@ -110,10 +163,30 @@ def generate_dataset(cfg, resume_dir, num_sample, start_step=0, out_dir=None, se
                          mask_color=f'masks_color/{name}')
             metadata.write(json.dumps(entry) + '\n')
             metadata.flush()
-    if times:
+    if times and world.is_main:
         log(f'ensemble step: {1000 * np.mean(times):.1f} +- {1000 * np.std(times):.1f} ms per sample '
             f'({"fast" if fast else "dense"} features)')
+    distributed.barrier(world)
+    if world.is_main:
+        _finish(out_dir, start_step, end, log)
     return out_dir
+
+
+def _generate_rank(world, cfg, resume_dir, num_sample, start_step, out_dir, device, fast, progress):
+    out_dir = generate_dataset(cfg, resume_dir, num_sample, start_step=start_step, out_dir=out_dir, device=device,
+                               fast=fast, progress=progress, world=world)
+    if world.is_main and cfg.uncertainty_portion > 0:
+        kept, rejected = filter_by_uncertainty(out_dir, cfg.uncertainty_portion)
+        print(f'{kept} samples kept, {rejected} most uncertain listed in {out_dir}/rejected.jsonl', flush=True)
+
+
+def generate_on_ranks(cfg, resume_dir, num_sample, start_step=0, out_dir=None, device=None, fast=True, gpus=None,
+                      progress=True, timeout_s=distributed.DEFAULT_TIMEOUT_S):
+    """``generate_dataset`` then the uncertainty filter, in this process, in ``gpus`` processes spawned here, or
+    on every rank of a torchrun job (``torch_utils.distributed.launch``)."""
+    device_type = latents_module.pick_device(device).type
+    distributed.launch(_generate_rank, args=(cfg, resume_dir, num_sample, start_step, out_dir, device, fast, progress),
+                       gpus=gpus, device_type=device_type, timeout_s=timeout_s)
 
 
 def select_by_uncertainty(scores, portion, skip_lowest=0):

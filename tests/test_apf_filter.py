@@ -298,3 +298,32 @@ def test_calibrate_cli(setup, backbone, capsys):
     assert stats['threshold_at_fmr'] == pytest.approx(np.sort(impostor)[::-1][int(0.1 * len(impostor))], abs=1e-5)
     assert (out / 'calibration_hist.png').is_file()
     assert 'threshold at FMR 0.1' in capsys.readouterr().out
+
+
+def _outputs(out):
+    """Every output file's bytes (the summary without its run time; the cache's arrays, its zip headers holding
+    the time of writing)."""
+    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob('*')) if p.is_file()}
+    summary = json.loads(files.pop('apf_summary.json'))
+    summary.pop('seconds')
+    for name in [n for n in files if n.endswith('.npz')]:
+        with np.load(out / name) as npz:
+            files[name] = {key: npz[key].tobytes() for key in npz.files}
+    return files, summary
+
+
+def test_two_processes_write_what_one_writes(setup, tmp_path, monkeypatch, one_torch_thread):
+    # One thread in every process: on the CPU a convolution's rounding depends on how many threads share it.
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    s = setup
+    assert _run(_filter_args(s, '--batch', 2, '--duplicate-threshold', 0.9)) == 0
+    one = _outputs(s['out'])
+    two_dir = tmp_path / 'two'
+    assert _run(_filter_args(dict(s, out=two_dir), '--batch', 2, '--duplicate-threshold', 0.9, '--gpus', 2)) == 0
+    two = _outputs(two_dir)
+    assert sorted(two[0]) == sorted(one[0]) and 'cache/real_embeddings-mbf.npz' in one[0]
+    for name, data in one[0].items():
+        assert two[0][name] == data, f'{name} differs'
+    assert two[1]['embedding'] == one[1]['embedding'] and two[1]['counts'] == one[1]['counts']
+    assert {k: v for k, v in two[1].items() if k not in ('cache',)} == {k: v for k, v in one[1].items()
+                                                                         if k not in ('cache',)}

@@ -3,6 +3,7 @@ images, 8 annotated samples, an ensemble trained on them must label held-out sam
 dataset generation through the CLI, its resumption, sharding and uncertainty filtering."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -118,10 +119,10 @@ def test_trained_ensemble_labels_held_out_samples(experiment):
     assert [open(p, 'rb').read() for p in paths] == before
 
 
-def _generate(experiment, *args):
-    cmd = [sys.executable, 'train_interpreter.py', '--exp', str(experiment['cfg_path']), '--generate_data', 'True',
+def _generate(experiment, *args, launcher=(sys.executable,), env=None):
+    cmd = [*launcher, 'train_interpreter.py', '--exp', str(experiment['cfg_path']), '--generate_data', 'True',
            '--device', 'cpu'] + list(args)
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_generation_resumes_shards_and_filters(experiment):
@@ -173,3 +174,62 @@ def test_bad_annotation_set_is_reported(experiment, tmp_path):
     result = subprocess.run([sys.executable, 'train_interpreter.py', '--exp', str(tmp_path / 'none.json')],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ several processes
+
+TORCHRUN = (sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node=2')
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS='1')  # two ranks on two cores
+
+
+def _tree(folder):
+    """Every file below ``folder``: relative path -> bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def one_process_samples(experiment):
+    if not (experiment['exp'] / 'models' / 'model_1.pth').is_file():
+        train.train_ensemble(experiment['cfg'], device='cpu', progress=False, log=lambda *_: None)
+    out = experiment['root'] / 'one_process'
+    result = _generate(experiment, '--num_sample', '9', '--out', str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return _tree(out)
+
+
+@pytest.mark.parametrize('how', ['gpus', 'torchrun'])
+def test_two_processes_generate_the_same_files_as_one(experiment, one_process_samples, tmp_path, how):
+    out = tmp_path / 'samples'
+    if how == 'gpus':
+        result = _generate(experiment, '--num_sample', '9', '--out', str(out), '--gpus', '2', env=ONE_THREAD)
+    else:
+        result = _generate(experiment, '--num_sample', '9', '--out', str(out), launcher=TORCHRUN, env=ONE_THREAD)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert 'merged the metadata of 2 ranks into metadata-000000-000008.jsonl' in result.stdout
+    got = _tree(out)
+    assert sorted(got) == sorted(one_process_samples)  # no rank files, no temporaries
+    for name, data in one_process_samples.items():
+        assert got[name] == data, f'{name} differs'
+
+
+def test_a_killed_rank_leaves_finished_samples_and_a_rerun_completes_them(experiment, one_process_samples,
+                                                                           tmp_path):
+    out = tmp_path / 'samples'
+    env = dict(ONE_THREAD, FAULT_RANK='1', FAULT_MODE='kill', FAULT_AFTER='2')
+    killed = subprocess.run([*TORCHRUN, 'tests/fault_injection.py', 'train_interpreter.py', '--exp',
+                             str(experiment['cfg_path']), '--generate_data', 'True', '--device', 'cpu',
+                             '--num_sample', '9', '--out', str(out)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert killed.returncode != 0
+    done = generate.finished_samples(str(out))
+    assert len([i for i in done if i % 2 == 1]) == 2 and len(done) < 9  # rank 1 made 2 samples, then died
+    for entry in done.values():  # what is listed is complete and final
+        for key in ('rgb', 'nir', 'mask', 'mask_color'):
+            assert (out / entry[key]).read_bytes() == one_process_samples[entry[key]]
+    rerun = _generate(experiment, '--num_sample', '9', '--out', str(out), '--gpus', '2', env=ONE_THREAD)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert f'{len(done)} of the 9 samples are already' in rerun.stdout
+    got = _tree(out)
+    assert sorted(got) == sorted(one_process_samples)
+    for name, data in one_process_samples.items():
+        assert got[name] == data, f'{name} differs'

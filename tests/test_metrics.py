@@ -457,12 +457,17 @@ def test_calc_metrics_missing_network_exits_2():
     assert len(lines) == 1 and lines[0].startswith('error: ') and 'no/such/network.pkl' in lines[0]
 
 
-def test_calc_metrics_bad_input_one_line(tmp_path, capsys, detector_dir, cache_root):
+def _tiny_pkl(tmp_path):
     G = networks.Generator(**TINY_G).eval()
     D = networks.Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=128, channel_max=16,
                                epilogue_kwargs=dict(mbstd_group_size=2))
     pkl = tmp_path / 'network-snapshot-000000.pkl'
     legacy.save_network_pkl(str(pkl), dict(G=G, D=D, G_ema=G, training_set_kwargs=dict(DATASET)))
+    return pkl
+
+
+def test_calc_metrics_bad_input_one_line(tmp_path, capsys, detector_dir, cache_root):
+    pkl = _tiny_pkl(tmp_path)
     for args, needle in [
         (['--network', str(pkl), '--metrics', 'fid50k_full,nope'], "unknown metric 'nope'"),
         (['--network', str(pkl), '--gpus', '0'], '--gpus'),
@@ -473,5 +478,15 @@ def test_calc_metrics_bad_input_one_line(tmp_path, capsys, detector_dir, cache_r
     ]:
         code, err = _cli(args, capsys)
         assert code == 2 and len(err) == 1 and err[0].startswith('error: ') and needle in err[0], (args, err)
+    code, err = _cli(['--network', str(pkl), '--metrics', 'none', '--verbose', 'false'], capsys)
+    assert code in (0, None) and err == []
+
+
+def test_calc_metrics_under_torchrun_takes_its_world_size(tmp_path, capsys, cache_root, monkeypatch):
+    pkl = _tiny_pkl(tmp_path)
+    for name, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', LOCAL_WORLD_SIZE='1').items():
+        monkeypatch.setenv(name, value)
+    code, err = _cli(['--network', str(pkl), '--metrics', 'none', '--gpus', '2'], capsys)
+    assert code == 2 and err == ["error: --gpus 2 disagrees with torchrun's world size 1; leave --gpus out"]
     code, err = _cli(['--network', str(pkl), '--metrics', 'none', '--verbose', 'false'], capsys)
     assert code in (0, None) and err == []

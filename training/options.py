@@ -8,11 +8,11 @@ import copy
 import json
 import os
 import re
-import tempfile
 
 import torch
 
 import dnnlib
+from torch_utils import distributed, training_stats
 from training import training_loop as loop
 
 CFG_SPECS = {
@@ -276,31 +276,9 @@ def next_run_dir(outdir, desc):
     return os.path.join(outdir, f'{cur_id:05d}-{desc}')
 
 
-def _subprocess_fn(rank, c, temp_dir):
-    from torch_utils import custom_ops, training_stats
-    c = copy.deepcopy(c)
-    device_type = c.pop('device_type', None) or ('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device('cuda', rank) if device_type == 'cuda' else torch.device('cpu')
-    with dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True):
-        if c.num_gpus > 1:
-            if device.type == 'cpu':  # share the cores between the processes
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) // c.num_gpus))
-            init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
-            torch.distributed.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo',
-                                                 init_method=f'file://{init_file}', rank=rank, world_size=c.num_gpus)
-            training_stats.init_multiprocessing(rank=rank, sync_device=device)
-        if rank != 0:
-            custom_ops.verbosity = 'none'
-        try:
-            loop.training_loop(rank=rank, device=device, **c)
-        finally:
-            if c.num_gpus > 1 and torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
-
-
-def launch_training(c, desc, outdir, dry_run=False):
-    """Create the run directory, write ``training_options.json`` and train (in one process per rank)."""
-    c = dnnlib.EasyDict(c)
+def _create_run_dir(c, desc, outdir, dry_run):
+    """Print the options, then (unless a dry run) create the run directory and write ``training_options.json``.
+    Only rank 0 calls this: the directory is decided once, then shared with every rank."""
     c.run_dir = next_run_dir(outdir, desc)
     print()
     print('Training options:')
@@ -323,9 +301,40 @@ def launch_training(c, desc, outdir, dry_run=False):
     with dnnlib.util.atomic_write(os.path.join(c.run_dir, 'training_options.json'), 'w') as f:
         json.dump(c, f, indent=2)
     print('Launching processes...')
-    with tempfile.TemporaryDirectory() as temp_dir:
-        if c.num_gpus == 1:
-            _subprocess_fn(rank=0, c=c, temp_dir=temp_dir)
-        else:
-            torch.multiprocessing.spawn(fn=_subprocess_fn, args=(c, temp_dir), nprocs=c.num_gpus)
     return c.run_dir
+
+
+def _train_rank(world, c, desc, outdir, device_type):
+    """One rank of a training job (of any launcher): rank 0 creates the run directory, every rank trains."""
+    from torch_utils import custom_ops
+    c = copy.deepcopy(c)
+    run_dir = _create_run_dir(c, desc, outdir, dry_run=False) if world.is_main else None
+    c.run_dir = distributed.broadcast_object(run_dir, world)
+    c.pop('device_type', None)  # saved with the options; the loop takes the device itself
+    if not world.is_main:
+        custom_ops.verbosity = 'none'
+    device = world.device(device_type)
+    if world.distributed:
+        training_stats.init_multiprocessing(rank=world.rank, sync_device=device)
+    log_file = os.path.join(c.run_dir, 'log.txt') if world.is_main else None  # other nodes may not share the disk
+    with dnnlib.util.Logger(file_name=log_file, file_mode='a', should_flush=True):
+        loop.training_loop(rank=world.rank, device=device, **c)
+    return c.run_dir
+
+
+def launch_training(c, desc, outdir, dry_run=False, timeout_s=distributed.DEFAULT_TIMEOUT_S):
+    """Train ``c`` in a new run directory under ``outdir``: in this process, in ``c.num_gpus`` processes spawned
+    here, or on every rank of a torchrun job (whose world size must then equal ``c.num_gpus``). Returns the run
+    directory (None for a dry run, and on the ranks of a torchrun job other than 0)."""
+    c = dnnlib.EasyDict(c)
+    world = distributed.from_environment()
+    if dry_run:
+        if world is None or world.is_main:
+            _create_run_dir(c, desc, outdir, dry_run=True)
+        return None
+    if world is not None and world.size != c.num_gpus:
+        raise UserError(f'torchrun started {world.size} processes but the run is set up for {c.num_gpus}')
+    device_type = c.get('device_type') or ('cuda' if torch.cuda.is_available() else 'cpu')
+    return distributed.launch(_train_rank, args=(c, desc, outdir, device_type),
+                              gpus=None if world is not None else c.num_gpus, device_type=device_type,
+                              timeout_s=timeout_s)

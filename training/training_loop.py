@@ -3,7 +3,7 @@
 Behaviour follows upstream: lazy regularisation with rescaled Adam hyper-parameters, gradient accumulation over
 ``batch_gpu`` chunks, G_ema with ramp-up, ADA, ticks, image grids, ``stats.jsonl``, snapshots and metrics. Added:
 D_NIR is trained, snapshotted and resumed like D; every network snapshot has a ``training-state-*.pt`` beside it
-(optimisers, counters, pl_mean, ADA accumulators and every rank's RNG states) so that a resumed run continues
+(optimisers, counters, and every rank's pl_mean, ADA accumulator and RNG states) so that a resumed run continues
 exactly where the snapshot was taken; snapshots are written atomically; nothing is tied to a fixed device.
 """
 
@@ -326,8 +326,10 @@ def training_loop(
     if state is not None:
         for key, opt in optimizers.items():
             opt.load_state_dict(state['optimizers'][key])
-        loss.pl_mean.copy_(state['pl_mean'])
-        loss.ada_signs.copy_(state['ada_signs'])
+        # Each rank keeps its own path-length mean and ADA accumulator; older states hold rank 0's only.
+        ranks = state.get('per_rank') or [dict(pl_mean=state['pl_mean'], ada_signs=state['ada_signs'])] * num_gpus
+        loss.pl_mean.copy_(ranks[rank]['pl_mean'])
+        loss.ada_signs.copy_(ranks[rank]['ada_signs'])
         cur_nimg, cur_tick, batch_idx = state['cur_nimg'], state['cur_tick'], state['batch_idx']
         elapsed_before = float(state.get('elapsed_sec', 0.0))
         if rank == 0:
@@ -493,10 +495,13 @@ def training_loop(
                         misc.check_ddp_consistency(module, ignore_regex=r'.*\.w_avg')
                     module = copy.deepcopy(module).eval().requires_grad_(False).cpu()
                 snapshot_data[name] = module
-            rng_states = [_rng_state(device)]
+            own = dict(rng=_rng_state(device), pl_mean=loss.pl_mean.detach().cpu(),
+                       ada_signs=loss.ada_signs.detach().cpu())
+            per_rank = [own]
             if num_gpus > 1:
-                rng_states = [None] * num_gpus
-                torch.distributed.all_gather_object(rng_states, _rng_state(device))
+                per_rank = [None] * num_gpus
+                torch.distributed.all_gather_object(per_rank, own)
+            rng_states = [r['rng'] for r in per_rank]
             snapshot_pkl = os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl')
             if rank == 0:
                 train_state = dict(
@@ -504,6 +509,7 @@ def training_loop(
                     num_gpus=num_gpus, batch_size=batch_size, random_seed=random_seed, elapsed_sec=total_sec,
                     optimizers={k: opt.state_dict() for k, opt in optimizers.items()},
                     pl_mean=loss.pl_mean.detach().cpu(), ada_signs=loss.ada_signs.detach().cpu(),
+                    per_rank=[dict(pl_mean=r['pl_mean'].cpu(), ada_signs=r['ada_signs'].cpu()) for r in per_rank],
                     rng=[{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
                          for s in rng_states],
                     snapshot=os.path.basename(snapshot_pkl))
