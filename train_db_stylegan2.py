@@ -12,6 +12,12 @@ Examples:
   python train_db_stylegan2.py --outdir=runs --data=demo_eyes --cfg=tiny --kimg=2 --metrics=none
 
 \b
+  # 8 GPUs of one machine, or 2 machines x 8 GPUs with torchrun (run on both; --node-rank 1 on the second):
+  python train_db_stylegan2.py --outdir=runs --data=DATASETS/faces/train/images --cfg=auto --gpus=8
+  torchrun --nnodes=2 --node-rank=0 --nproc-per-node=8 --master-addr=10.0.0.1 --master-port=29500 \\
+      train_db_stylegan2.py --outdir=/shared/runs --data=/shared/DATASETS/faces/train/images --cfg=auto
+
+\b
   # Continue an interrupted run exactly where its last snapshot was taken:
   python train_db_stylegan2.py --outdir=runs --resume=runs/00001-demo_eyes-tiny-kimg2
 """

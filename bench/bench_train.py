@@ -5,6 +5,8 @@ rendered at the configuration's resolution, training runs for a few ticks of a f
 sec/kimg of the ticks after the first (which includes start-up) is reported. Prints a Markdown table, writes JSON.
 
     python bench/bench_train.py [--device cpu|cuda] [--configs tiny32,auto256] [--ticks 3] [--iters-per-tick 2]
+
+One process against several (``--gpus N``) for training and generation: ``bench/bench_scaleout.py``.
 """
 
 import argparse
