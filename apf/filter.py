@@ -331,12 +331,12 @@ def run_filter_on_ranks(gpus=None, timeout_s=900, **kwargs):
     world = distributed.from_environment()
     if world is not None or not gpus or gpus == 1:
         summary = distributed.launch(_filter_rank, args=(kwargs, None), gpus=gpus, device_type=device_type,
-                                     timeout_s=timeout_s)
+                                     timeout_s=timeout_s, user_errors=(ApfError,))
         return summary if world is None or world.is_main else None
     with tempfile.TemporaryDirectory() as tmp:  # spawned ranks hand the summary back through a file
         result_file = os.path.join(tmp, 'summary.json')
         distributed.launch(_filter_rank, args=(kwargs, result_file), gpus=gpus, device_type=device_type,
-                           timeout_s=timeout_s)
+                           timeout_s=timeout_s, user_errors=(ApfError,))
         with open(result_file) as f:
             return json.load(f)
 

@@ -184,9 +184,12 @@ def generate_on_ranks(cfg, resume_dir, num_sample, start_step=0, out_dir=None, d
                       progress=True, timeout_s=distributed.DEFAULT_TIMEOUT_S):
     """``generate_dataset`` then the uncertainty filter, in this process, in ``gpus`` processes spawned here, or
     on every rank of a torchrun job (``torch_utils.distributed.launch``)."""
+    from interpreter.config import ConfigError
+    from training.legacy import CheckpointError
     device_type = latents_module.pick_device(device).type
     distributed.launch(_generate_rank, args=(cfg, resume_dir, num_sample, start_step, out_dir, device, fast, progress),
-                       gpus=gpus, device_type=device_type, timeout_s=timeout_s)
+                       gpus=gpus, device_type=device_type, timeout_s=timeout_s,
+                       user_errors=(CheckpointError, ConfigError, FileNotFoundError))
 
 
 def select_by_uncertainty(scores, portion, skip_lowest=0):

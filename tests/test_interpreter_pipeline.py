@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, assert_proc_error
 from interpreter import config as config_module
 from interpreter import features as features_module
 from interpreter import generate, train
@@ -233,3 +233,13 @@ def test_a_killed_rank_leaves_finished_samples_and_a_rerun_completes_them(experi
     assert sorted(got) == sorted(one_process_samples)
     for name, data in one_process_samples.items():
         assert got[name] == data, f'{name} differs'
+
+
+def test_bad_model_file_under_two_processes_is_one_line(experiment, one_process_samples, tmp_path):
+    bad = tmp_path / 'bad'
+    (bad / 'models').mkdir(parents=True)
+    (bad / 'models' / 'model_0.pth').write_bytes((experiment['exp'] / 'models' / 'model_0.pth').read_bytes())
+    (bad / 'models' / 'model_1.pth').write_bytes(b'not a checkpoint')
+    result = _generate(experiment, '--num_sample', '4', '--resume', str(bad), '--gpus', '2', env=ONE_THREAD)
+    assert_proc_error(result, 'model_1.pth', 'rank ')
+    assert not (bad / 'samples').exists()  # the models are read before anything is written

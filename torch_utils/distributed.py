@@ -15,6 +15,7 @@ the other local ranks, and gloo/NCCL peers on other machines see the closed conn
 """
 
 import datetime
+import logging
 import os
 import signal
 import sys
@@ -146,18 +147,29 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else 'no message'
 
 
-def _run_rank(world, fn, args, device_type, timeout_s, init_method, failure_dir=None):
+def _record_failure(failure_dir, rank, message):
+    """Note when a spawned rank failed: the first failure is the cause, later ones follow from it."""
+    with open(os.path.join(failure_dir, f'failed-{rank}'), 'w') as f:
+        f.write(f'{time.time():.6f} {message}')
+
+
+def _run_rank(world, fn, args, device_type, timeout_s, init_method, failure_dir=None, user_errors=()):
+    """``fn(world, *args)`` on this rank. On a spawned rank (``failure_dir`` set) one of ``user_errors`` (bad input)
+    ends it with exit code 2 and its message, no traceback."""
+    bad_input = tuple(user_errors) if failure_dir is not None else ()
     try:
         init(world, device_type, timeout_s, init_method)
         return fn(world, *args)
+    except bad_input as exc:
+        _record_failure(failure_dir, world.rank, _last_line(str(exc)))
+        raise SystemExit(2) from None
     except BaseException as exc:
         failed = not isinstance(exc, SystemExit) or exc.code not in (0, None)
         if failed and world.distributed:
             message = f'{type(exc).__name__}: {exc}' if not isinstance(exc, SystemExit) else f'exit code {exc.code}'
             message = _last_line(message)
-            if failure_dir is not None:  # when it happened: the first failure is the cause, later ones follow it
-                with open(os.path.join(failure_dir, f'failed-{world.rank}'), 'w') as f:
-                    f.write(f'{time.time():.6f} {message}')
+            if failure_dir is not None:
+                _record_failure(failure_dir, world.rank, message)
             if not isinstance(exc, SystemExit):
                 traceback.print_exc()
                 print(f'error: rank {world.rank} of {world.size} failed: {message}', file=sys.stderr, flush=True)
@@ -166,9 +178,10 @@ def _run_rank(world, fn, args, device_type, timeout_s, init_method, failure_dir=
         shutdown()
 
 
-def _spawn_entry(index, size, fn, args, device_type, timeout_s, init_file):
+def _spawn_entry(index, size, fn, args, device_type, timeout_s, init_file, user_errors):
     world = World(rank=index, size=size, local_rank=index, local_size=size, launcher='spawn')
-    _run_rank(world, fn, args, device_type, timeout_s, f'file://{init_file}', os.path.dirname(init_file))
+    _run_rank(world, fn, args, device_type, timeout_s, f'file://{init_file}', os.path.dirname(init_file),
+              user_errors)
 
 
 def _first_failure(folder):
@@ -200,10 +213,11 @@ def _root_cause(exc, context, folder) -> RankFailed:
 
 
 def launch(fn: Callable, args: tuple = (), gpus: Optional[int] = None, device_type: str = 'cpu',
-           timeout_s: float = DEFAULT_TIMEOUT_S):
+           timeout_s: float = DEFAULT_TIMEOUT_S, user_errors: tuple = ()):
     """Run ``fn(world, *args)`` on every rank: torchrun's when its variables are set (``gpus``, when given, must
     then equal its world size), else ``gpus`` processes spawned here, else this process alone. Returns ``fn``'s
-    result on a single process; raises ``RankFailed`` when a spawned rank fails."""
+    result on a single process; raises ``RankFailed`` when a spawned rank fails (exit code 2 when it was one of
+    ``user_errors``, bad input, which then needs no traceback). Elsewhere exceptions reach the caller as raised."""
     world = from_environment()
     if world is not None:
         if gpus is not None and gpus != world.size:
@@ -218,11 +232,17 @@ def launch(fn: Callable, args: tuple = (), gpus: Optional[int] = None, device_ty
     with tempfile.TemporaryDirectory() as temp_dir:
         init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
         context = torch.multiprocessing.start_processes(
-            _spawn_entry, args=(gpus, fn, args, device_type, timeout_s, init_file), nprocs=gpus, join=False,
+            _spawn_entry, args=(gpus, fn, args, device_type, timeout_s, init_file, tuple(user_errors)), nprocs=gpus,
+            join=False,
             start_method='spawn')
+        quiet = logging.getLogger('torch.multiprocessing.spawn')  # its "Terminating process ..." would bury the cause
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
         try:
             while not context.join():
                 pass
         except (torch.multiprocessing.ProcessRaisedException, torch.multiprocessing.ProcessExitedException) as exc:
             raise _root_cause(exc, context, temp_dir) from None
+        finally:
+            quiet.setLevel(level)
     return None

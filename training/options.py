@@ -335,6 +335,8 @@ def launch_training(c, desc, outdir, dry_run=False, timeout_s=distributed.DEFAUL
     if world is not None and world.size != c.num_gpus:
         raise UserError(f'torchrun started {world.size} processes but the run is set up for {c.num_gpus}')
     device_type = c.get('device_type') or ('cuda' if torch.cuda.is_available() else 'cpu')
+    from training.dataset import DatasetError
+    from training.legacy import CheckpointError
     return distributed.launch(_train_rank, args=(c, desc, outdir, device_type),
                               gpus=None if world is not None else c.num_gpus, device_type=device_type,
-                              timeout_s=timeout_s)
+                              timeout_s=timeout_s, user_errors=(UserError, DatasetError, CheckpointError))
