@@ -85,6 +85,8 @@ ARCH_CHOICES = ('unet', 'deeplabv3_resnet18', 'deeplabv3_resnet34', 'deeplabv3_r
 @click.option('--num_classes', type=click.IntRange(min=2), default=None,
               help='Classes [default: from classes.json, else the largest label + 1].')
 @click.option('--class_names', default=None, metavar='A,B,..', help='Class names, comma-separated.')
+@click.option('--class_map', '--class-map', 'class_map', default=None, metavar='JSON',
+              help='Map the training masks\' class ids to the model\'s (as eval_segmentation.py --class-map).')
 @click.option('--all_samples', is_flag=True, help='Generated data: ignore kept.jsonl and use every sample.')
 @click.option('--hflip/--no-hflip', default=True, show_default=True, help='Random horizontal flips.')
 @click.option('--vflip/--no-vflip', default=False, show_default=True, help='Random vertical flips.')
@@ -98,8 +100,8 @@ ARCH_CHOICES = ('unet', 'deeplabv3_resnet18', 'deeplabv3_resnet34', 'deeplabv3_r
 @click.option('--device', default=None, metavar='DEVICE', help='cpu, cuda or cuda:N [default: cuda if available].')
 @click.option('--resume', is_flag=True, help='Continue the run in --outdir from its last checkpoint.')
 def cli(data, outdir, arch, width, depth, output_stride, modality, epochs, repeat, batch, lr, weight_decay, val,
-        val_fraction, class_weights, num_classes, class_names, all_samples, hflip, vflip, scale, jitter, seed, amp,
-        workers, device, resume):
+        val_fraction, class_weights, num_classes, class_names, class_map, all_samples, hflip, vflip, scale, jitter,
+        seed, amp, workers, device, resume):
     """Train a segmenter on RGB + NIR pairs with masks."""
     from segmentation.train import Run, TrainOptions
 
@@ -108,8 +110,8 @@ def cli(data, outdir, arch, width, depth, output_stride, modality, epochs, repea
                         output_stride=int(output_stride), input=modality, epochs=epochs, repeat=repeat, batch=batch,
                         lr=lr, weight_decay=weight_decay, val=val, val_fraction=val_fraction,
                         class_weights=class_weights, num_classes=num_classes, class_names=names,
-                        all_samples=all_samples, hflip=hflip, vflip=vflip, scale=scale, jitter=jitter, seed=seed,
-                        amp=amp, workers=workers, device=device)
+                        class_map=class_map, all_samples=all_samples, hflip=hflip, vflip=vflip, scale=scale,
+                        jitter=jitter, seed=seed, amp=amp, workers=workers, device=device)
     history = Run(opts, resume=resume, log=click.echo).run()
     last = history[-1] if history else {}
     if 'val_miou' in last:

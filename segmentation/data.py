@@ -234,7 +234,7 @@ def stack_input(rgb, nir, modality):
 class SegmentationSet(torch.utils.data.Dataset):
     """The validated samples of one folder; ``ds[i]`` is ``(image uint8 [C, H, W], mask int64 [H, W])``.
 
-    ``class_map``: optional int64 lookup table applied to every mask value (see ``evaluate.ClassMap``); ``resolution``
+    ``class_map``: optional int64 lookup table applied to every mask value (see ``classmap.ClassMap``); ``resolution``
     (optional) is checked against the images. Opening checks every sample (decodes it), so problems surface first.
     """
 

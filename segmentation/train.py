@@ -25,15 +25,13 @@ import torch.nn.functional as F
 import dnnlib
 from segmentation import data as seg_data
 from segmentation.augment import AugmentOptions, augment
+from segmentation.classmap import ClassMap
+from segmentation.errors import SegmentationError
 from segmentation.metrics import IGNORE_INDEX, ConfusionMeter, scores
 from segmentation.models import ModelError, build_model
 
 CHECKPOINT_FORMAT = 'bigan-segmenter-1'
 CLASS_WEIGHTS = ('none', 'inverse', 'sqrt')
-
-
-class SegmentationError(dnnlib.util.FileError):
-    """Bad input for segmentation training or evaluation; one line naming the file and the problem."""
 
 
 # What the command lines report as one-line errors (exit code 2): bad files, models, options.
@@ -59,6 +57,7 @@ class TrainOptions:
     class_weights: str = 'none'
     num_classes: Optional[int] = None
     class_names: Optional[List[str]] = None
+    class_map: Optional[str] = None  # JSON: the training masks' ids -> the model's (see segmentation.classmap)
     all_samples: bool = False
     hflip: bool = True
     vflip: bool = False
@@ -216,8 +215,9 @@ def check_labels(dataset, num_classes, hint=''):
                                           f'(0..{num_classes - 1}){hint}')
 
 
-def _resolve_classes(opts, train_set):
-    names = opts.class_names or train_set.class_names
+def _resolve_classes(opts, train_set, class_map=None):
+    data_names = train_set.class_names if class_map is None else None  # mapped: the data's names are not the model's
+    names = opts.class_names or (class_map.classes if class_map is not None else None) or data_names
     if opts.num_classes is not None:
         k = opts.num_classes
     elif names:
@@ -256,14 +256,18 @@ class Run:
         o.augment_options()  # validates
         self.device = torch.device(o.device) if o.device else torch.device('cuda' if torch.cuda.is_available()
                                                                            else 'cpu')
-        full = seg_data.SegmentationSet(o.data, o.input, all_samples=o.all_samples, progress=self.progress)
-        self.num_classes, self.class_names = _resolve_classes(o, full)
+        cmap = ClassMap.load(o.class_map) if o.class_map else None
+        full = seg_data.SegmentationSet(o.data, o.input, all_samples=o.all_samples, progress=self.progress,
+                                        class_map=cmap)
+        self.num_classes, self.class_names = _resolve_classes(o, full, cmap)
+        if cmap is not None:
+            cmap.check_model(self.num_classes)
         check_labels(full, self.num_classes)
         if o.val:
             if o.val_fraction > 0:
                 raise ValueError('give either --val or --val_fraction, not both')
             self.train_set = full
-            self.val_set = seg_data.SegmentationSet(o.val, o.input, progress=self.progress)
+            self.val_set = seg_data.SegmentationSet(o.val, o.input, progress=self.progress, class_map=cmap)
             if self.val_set.shape != full.shape:
                 raise SegmentationError(self.val_set.samples[0].mask_file,
                                         f'is {self.val_set.shape[1]}x{self.val_set.shape[0]}, but the training '

@@ -496,3 +496,26 @@ def test_repeat_makes_an_epoch_several_passes(tmp_path):
     ckpt = torch.load(tmp_path / 'run' / 'checkpoint-last.pt', weights_only=True)
     steps = {int(s['step']) for s in ckpt['optimizer']['state'].values()}
     assert steps == {2 * 3}  # 2 epochs x 3 passes x one batch of 4
+
+
+def test_training_with_a_class_map_learns_in_the_models_numbering(work, demo, tmp_path, capsys):
+    shipped = os.path.join(os.path.dirname(__file__), '..', 'EXPERIMENTS', 'segmentation',
+                           'demo_renderer_to_ocular_4class.json')
+    run = Run(tiny_options(demo['train'], tmp_path / 'mapped', epochs=1, class_map=shipped), **QUIET)
+    run._setup()
+    # Every training mask, read through the map, equals the renderer mask renumbered by hand (1 sclera -> 3, ...).
+    renumber = np.array([0, 3, 1, 2])
+    for i, sample in enumerate(run.full.samples):
+        assert np.array_equal(run.full[i][1].numpy(), renumber[read_mask(sample.mask_file)])
+    assert run.class_names == ['background', 'iris', 'pupil', 'sclera']  # the map's names, not the data's
+    run.run()
+    ckpt = torch.load(tmp_path / 'mapped' / 'checkpoint-last.pt', weights_only=True)
+    assert ckpt['class_names'] == ['background', 'iris', 'pupil', 'sclera']
+    # A training set with a class the map leaves out: one line naming the mask file.
+    partial = tmp_path / 'partial.json'
+    partial.write_text(json.dumps({'0': 0, '1': 1, '2': 2}))
+    code = train_segmentation.main(['--data', demo['train'], '--outdir', str(tmp_path / 'bad'), '--class_map',
+                                    str(partial), '--width', '4', '--depth', '2', '--epochs', '1', '--device', 'cpu'])
+    first = next(p for p in mask_files(demo['train']) if (read_mask(p) == 3).any())
+    assert_one_line_error(code, capsys.readouterr().err, os.path.basename(first), 'class 3', str(partial))
+    assert not (tmp_path / 'bad' / 'checkpoint-last.pt').exists()
