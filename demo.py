@@ -6,8 +6,9 @@
 
 Steps (each is the project's own command; see <outdir>/summary.md for the exact command lines):
 make the demo dataset -> train the dual-branch GAN (tiny config) -> sample images to annotate -> annotate 8 of them
-with a colour rule that stands in for a person (pipeline/auto_annotate.py) -> import the annotations -> train the
-interpreter -> generate an annotated RGB + NIR dataset -> score the generated masks against the annotator ->
+with a U-Net taught by the demo set's true masks, standing in for a person (pipeline/auto_annotate.py) -> import the
+annotations -> train the interpreter -> generate an annotated RGB + NIR dataset -> score the generated masks against
+the annotator ->
 train a segmenter on the generated set and one on the 8 annotated pairs, test both on real demo eyes -> overview.png
 and summary.md. The privacy filter (faces only) is not part of the eye demo; see apf_filter.py --help.
 """

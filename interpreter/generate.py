@@ -125,6 +125,7 @@ def generate_dataset(cfg, resume_dir, num_sample, start_step=0, out_dir=None, se
     for sub in SUBDIRS:
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     done = finished_samples(out_dir)
+    distributed.barrier(world)  # every rank has read what is done before any writes more
     already = sum(1 for i in range(start_step, end + 1) if i in done)
     indices = [i for i in world.shard(range(start_step, end + 1)) if i not in done]
     if already and world.is_main:

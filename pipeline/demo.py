@@ -1,7 +1,8 @@
 """The whole pipeline on the built-in demo eyes, on a CPU, as a sequence of the real commands.
 
 Each step runs the project's own command line in a subprocess (so the demo shows exactly what a user types), with
-its output in ``<outdir>/logs/<step>.log``; the annotation step uses ``pipeline.auto_annotate`` in place of a person.
+its output in ``<outdir>/logs/<step>.log``; the annotation step trains ``pipeline.auto_annotate``'s U-Net on the demo
+set's true masks and lets it stand in for a person.
 Finished steps are recorded in ``<outdir>/demo_state.json`` and skipped when the demo is run again (an interrupted
 GAN training continues from its last snapshot). At the end: ``overview.png`` (annotated and generated pairs: RGB,
 NIR, mask) and ``summary.json`` / ``summary.md`` (time per step, the commands, where the files are).
@@ -29,8 +30,8 @@ from training.training_loop import latest_snapshot
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATES = os.path.join(REPO, 'EXPERIMENTS', 'interpreter', 'demo')
 ANNOTATED_IDS = list(range(8))
-CLASS_NAMES = ('background', 'iris', 'pupil', 'sclera')  # ocular_4class, the annotations' numbering
-CLASS_MAP = os.path.join(REPO, 'EXPERIMENTS', 'segmentation', 'demo_renderer_to_ocular_4class.json')
+CLASS_NAMES = auto_annotate.CLASS_NAMES  # ocular_4class, the annotations' numbering
+CLASS_MAP = auto_annotate.CLASS_MAP  # the renderer's numbering into it
 
 
 class DemoError(RuntimeError):
@@ -47,6 +48,7 @@ class Settings:
     num_sample: int = 120  # generated annotated pairs
     num_test: int = 100  # real demo eyes (an unused seed) the segmenters are tested on
     seg_epochs: int = 30  # segmenter training on the generated set; the 8-pair one gets as many steps
+    annotator_epochs: int = 15  # the stand-in annotator's training (of 400 pairs each)
     seed: int = 0
     device: Optional[str] = None
 
@@ -83,7 +85,8 @@ class Demo:
         self.paths = dnnlib.EasyDict(
             data=os.path.join(self.out, 'data'), gan=os.path.join(self.out, 'gan'),
             checkpoint=os.path.join(self.out, 'checkpoints', 'demo.pkl'), exp=os.path.join(self.out, 'interpreter'),
-            logs=os.path.join(self.out, 'logs'), state=os.path.join(self.out, 'demo_state.json'))
+            logs=os.path.join(self.out, 'logs'), state=os.path.join(self.out, 'demo_state.json'),
+            annotator=os.path.join(self.out, 'annotator'))
         self.paths.annotations = os.path.join(self.paths.exp, 'eyes_annotated')
         self.paths.processed = os.path.join(self.paths.exp, 'eyes_processed')
         self.paths.samples = os.path.join(self.paths.exp, 'samples')
@@ -97,7 +100,8 @@ class Demo:
             Step('dataset', 'make the demo dataset (RGB + NIR eyes)', self.make_dataset),
             Step('train_gan', 'train the dual-branch GAN (tiny config)', self.train_gan),
             Step('sample', 'sample images to annotate', self.sample),
-            Step('annotate', 'annotate 8 of them (colour rule standing in for a person)', self.annotate),
+            Step('annotate', 'annotate 8 of them (a U-Net taught by the demo set\'s true masks stands in for a person)',
+                 self.annotate),
             Step('import', 'import the annotations', self.import_annotations),
             Step('train_interpreter', 'train the interpreter (ensemble of pixel classifiers)', self.train_interpreter),
             Step('generate', 'generate the annotated RGB + NIR dataset', self.generate),
@@ -223,21 +227,29 @@ class Demo:
             'make_training_data.py', '--exp', self.paths.generate_json, '--sv_path', self.paths.exp, '--num_sample',
             self.s.num_annotate, '--seed', self.s.seed, '--png', '--overwrite', *self._device()))
 
+    def _annotator(self):
+        return auto_annotate.Annotator(os.path.join(self.paths.annotator, 'checkpoint-last.pt'),
+                                       device=self.s.device or 'cpu')
+
     def annotate(self):
+        command = self._command('annotator', _python(*auto_annotate.train_command(
+            self.paths.data, self.paths.annotator, self.s.count, epochs=self.s.annotator_epochs, seed=self.s.seed),
+            *self._device()), echo=lambda line: line.startswith(f'epoch {self.s.annotator_epochs}/'))
+        annotator = self._annotator()
         src = os.path.join(self.paths.exp, 'images_to_annotate')
         os.makedirs(self.paths.annotations, exist_ok=True)
         for i in ANNOTATED_IDS:
             rgb_path, nir_path = os.path.join(src, f'image_{i}.png'), os.path.join(src, f'image_{i}_NIR.png')
             rgb = np.asarray(PIL.Image.open(rgb_path).convert('RGB'))
             nir = np.asarray(PIL.Image.open(nir_path).convert('L'))
-            mask = auto_annotate.colorize(auto_annotate.annotate(rgb, nir))
+            mask = auto_annotate.colorize(annotator(rgb, nir))
             for path in (rgb_path, nir_path):
                 dnnlib.util.copy_atomic(path, os.path.join(self.paths.annotations, os.path.basename(path)))
             with dnnlib.util.atomic_write(os.path.join(self.paths.annotations, f'image_{i}_mask.png'), 'wb') as f:
                 PIL.Image.fromarray(mask, 'RGB').save(f, 'PNG')
         self.log(f'      wrote {len(ANNOTATED_IDS)} colour masks (ocular_4class palette) to '
                  f'{_shown(self.paths.annotations)}')
-        return None
+        return command
 
     def import_annotations(self):
         return self._command('import', _python(
@@ -262,12 +274,13 @@ class Demo:
         kept = os.path.join(self.paths.samples, 'kept.jsonl')
         entries = _read_jsonl(kept) if os.path.isfile(kept) else list(finished_samples(self.paths.samples).values())
         os.makedirs(self.paths.reference, exist_ok=True)
+        annotator = self._annotator()
         for e in entries:
             rgb = np.asarray(PIL.Image.open(os.path.join(self.paths.samples, e['rgb'])).convert('RGB'))
             nir = np.asarray(PIL.Image.open(os.path.join(self.paths.samples, e['nir'])).convert('L'))
             name = os.path.splitext(os.path.basename(e['mask']))[0] + '.png'
             with dnnlib.util.atomic_write(os.path.join(self.paths.reference, name), 'wb') as f:
-                PIL.Image.fromarray(auto_annotate.annotate(rgb, nir), 'L').save(f, 'PNG')
+                PIL.Image.fromarray(annotator(rgb, nir), 'L').save(f, 'PNG')
         self.log(f'      the annotator labelled {len(entries)} generated images into {_shown(self.paths.reference)}')
         return self._command('evaluate_masks', _python(
             'train_interpreter.py', '--exp', self.paths.train_json, '--eval_masks', self.paths.reference, '--out',
@@ -292,6 +305,10 @@ class Demo:
         kept = os.path.join(self.paths.samples, 'kept.jsonl')
         n = len(_read_jsonl(kept)) if os.path.isfile(kept) else len(finished_samples(self.paths.samples))
         repeat = max(1, round(n / len(ANNOTATED_IDS)))  # as many optimiser steps on the 8 pairs as on the n
+        commands.append(self._command('eval_annotator', _python(  # the stand-in itself: the ceiling of the others
+            'eval_segmentation.py', '--checkpoint', os.path.join(self.paths.annotator, 'checkpoint-last.pt'),
+            '--data', self.paths.real_test, '--outdir', self.paths.annotator, '--name', 'eval_real', '--class-map',
+            CLASS_MAP, *self._device()), echo=lambda line: False))
         for name, data, rep in (('synthetic', self.paths.samples, 1), ('annotated', self.paths.processed, repeat)):
             commands.append(self._train_segmenter(name, data, rep))
             commands.append(self._command(f'eval_{name}', _python(
@@ -307,7 +324,9 @@ class Demo:
     def _evaluation(self):
         """``{row title: scores}`` of the evaluation steps that have run."""
         found = {}
-        for title, path in (('generated masks vs annotator (held-out generated images)',
+        for title, path in (('the stand-in annotator itself, on real eyes',
+                             os.path.join(self.paths.annotator, 'eval_real.json')),
+                            ('generated masks vs annotator (held-out generated images)',
                              os.path.join(self.paths.samples, 'mask_evaluation.json')),
                             ('segmenter trained on the generated set, on real eyes',
                              os.path.join(self.paths.seg, 'synthetic', 'eval_real.json')),
@@ -337,6 +356,7 @@ class Demo:
             'demo dataset (RGB, NIR, masks)': self.paths.data,
             'GAN run (snapshots, fakes*.png grids, log.txt)': self.paths.gan,
             'images sampled for annotation': os.path.join(self.paths.exp, 'images_to_annotate'),
+            'the stand-in annotator (its run, eval_real.md on real eyes)': self.paths.annotator,
             'the automatic annotations (colour masks)': self.paths.annotations,
             'imported masks (image_mask{k}.npy)': self.paths.processed,
             'interpreter models (model_{k}.pth) and train_data.jpg': os.path.join(self.paths.exp, 'models'),
@@ -360,12 +380,14 @@ class Demo:
             if x['command']:
                 cmd = '<br>'.join(f'`{_display(c)}`' for c in commands)
             else:
-                cmd = '(in-process: pipeline/auto_annotate.py)' if x['step'] == 'annotate' else '(in-process)'
+                cmd = '(in-process)'
             lines.append(f'| {x["title"]} | {x["seconds"]:.1f} | {cmd} |')
         evaluation = self._evaluation()
         if evaluation:
             from segmentation.metrics import markdown_table
             lines += ['', '## How good are the masks?', '',
+                      'The stand-in annotator (a U-Net trained on the demo training pairs\' true masks, '
+                      '`pipeline/auto_annotate.py`) on the real test eyes: the ceiling of everything below. '
                       'Mask generator: its masks of the kept generated images against the stand-in annotator\'s '
                       'labels of the same images. Downstream: a U-Net (RGB + NIR input) trained on the generated '
                       'dataset and one trained on only the 8 annotated pairs (as many optimiser steps), both tested '
@@ -415,7 +437,7 @@ def write_overview(path, processed_dir, samples_dir, columns=12, tile=96, tables
                   auto_annotate.colorize(np.asarray(PIL.Image.open(os.path.join(samples_dir, e['mask'])))))
                  for e in entries]
     pad, label_h = 4, 22
-    blocks = [('annotated by the colour rule (RGB / NIR / mask)', annotated),
+    blocks = [('annotated by the stand-in annotator (RGB / NIR / mask)', annotated),
               ('generated, with the interpreter\'s masks (RGB / NIR / mask)', generated)]
     width = pad + columns * (tile + pad)
     height = sum(label_h + 3 * (tile + pad) for _, rows in blocks if rows) + pad + 16 * len(tables) + (

@@ -1,6 +1,7 @@
 """The one-command demo, its stand-in annotator and the main notebook.
 
-The annotator is checked against the renderer's own masks (an independent reference). The demo and the notebook run
+The stand-in annotator (trained by the demo on the renderer's masks of its training pairs) is checked against the
+renderer's masks of other eyes (an independent reference). The demo and the notebook run
 every step of the pipeline with the demo settings except a shorter GAN training (1 kimg instead of 10) and fewer
 pairs, to keep the suite within minutes; demo.py's defaults are what the README promises.
 """
@@ -19,23 +20,8 @@ from training.demo_eyes import DEMO_CLASSES, render_demo_pair
 
 # The renderer's ids (background, sclera, iris, pupil) as ocular_4class ids (background 0, iris 1, pupil 2, sclera 3).
 RENDER_TO_OCULAR = np.array([0, 3, 1, 2], np.uint8)
-RULE_IOU_BAR = 0.6  # measured: about 0.70 over 300 pairs at 32x32
-
-
-def test_auto_annotator_segments_real_demo_eyes():
-    assert DEMO_CLASSES == ('background', 'sclera', 'iris', 'pupil')
-    inter, union = np.zeros(4), np.zeros(4)
-    for index in range(60):
-        rgb, nir, mask = render_demo_pair(32, seed=5, index=index)
-        truth = RENDER_TO_OCULAR[mask]
-        pred = auto_annotate.annotate(rgb, nir)
-        assert pred.shape == truth.shape and pred.dtype == np.uint8 and pred.max() <= 3
-        for c in range(4):
-            inter[c] += np.logical_and(pred == c, truth == c).sum()
-            union[c] += np.logical_or(pred == c, truth == c).sum()
-    iou = inter / union
-    assert iou.mean() > RULE_IOU_BAR, iou
-    assert iou.min() > 0.4, iou  # every class, not only the background
+# The stand-in annotator of the test's short demo (48 training pairs) on real eyes it never saw; measured about 0.85.
+ANNOTATOR_IOU_BAR = 0.7
 
 
 def test_annotator_colours_are_the_ocular_palette():
@@ -52,6 +38,28 @@ def demo_run(tmp_path_factory):
     code = demo_script.main(['--outdir', str(out), '--kimg', '1', '--count', '48', '--num_sample', '20',
                              '--seg_epochs', '4'])
     return dict(out=out, code=code)
+
+
+def _annotator(out):
+    return auto_annotate.Annotator(str(out / 'annotator' / 'checkpoint-last.pt'))
+
+
+def test_stand_in_annotator_segments_real_demo_eyes(demo_run):
+    """Against the renderer's own masks of eyes from another seed (an independent reference)."""
+    assert DEMO_CLASSES == ('background', 'sclera', 'iris', 'pupil')
+    annotator = _annotator(demo_run['out'])
+    inter, union = np.zeros(4), np.zeros(4)
+    for index in range(60):
+        rgb, nir, mask = render_demo_pair(32, seed=5, index=index)
+        truth = RENDER_TO_OCULAR[mask]
+        pred = annotator(rgb, nir)
+        assert pred.shape == truth.shape and pred.dtype == np.uint8 and pred.max() <= 3
+        for c in range(4):
+            inter[c] += np.logical_and(pred == c, truth == c).sum()
+            union[c] += np.logical_or(pred == c, truth == c).sum()
+    iou = inter / union
+    assert iou.mean() > ANNOTATOR_IOU_BAR, iou
+    assert iou.min() > 0.4, iou  # every class, not only the background
 
 
 def test_demo_runs_every_step(demo_run):
@@ -94,14 +102,15 @@ def test_demo_evaluation_numbers(demo_run):
     out = demo_run['out']
     samples = out / 'interpreter' / 'samples'
     evaluation = json.loads((out / 'summary.json').read_text())['evaluation']
-    assert len(evaluation) == 3
+    assert len(evaluation) == 4
+    annotator = _annotator(out)
     # The mask generator's score, recomputed from the files: every kept sample labelled by the annotator.
     kept = [json.loads(line) for line in (samples / 'kept.jsonl').read_text().splitlines()]
     pairs = []
     for entry in kept:
         rgb = np.asarray(PIL.Image.open(samples / entry['rgb']).convert('RGB'))
         nir = np.asarray(PIL.Image.open(samples / entry['nir']).convert('L'))
-        pairs.append((auto_annotate.annotate(rgb, nir), np.asarray(PIL.Image.open(samples / entry['mask']))))
+        pairs.append((annotator(rgb, nir), np.asarray(PIL.Image.open(samples / entry['mask']))))
     expected = _iou_table(pairs)
     masks_row = next(v for k, v in evaluation.items() if k.startswith('generated masks'))
     names = ['background', 'iris', 'pupil', 'sclera']
@@ -112,12 +121,11 @@ def test_demo_evaluation_numbers(demo_run):
             assert masks_row['iou'][name] == pytest.approx(expected[c])
     assert masks_row['miou'] == pytest.approx(np.mean([v for v in expected if v is not None]))
     # The downstream reports: both segmenters scored on the same real eyes (renderer masks, class map applied).
-    for name in ('synthetic', 'annotated'):
-        report = json.loads((out / 'segmentation' / name / 'eval_real.json').read_text())
+    for folder in (out / 'annotator', out / 'segmentation' / 'synthetic', out / 'segmentation' / 'annotated'):
+        report = json.loads((folder / 'eval_real.json').read_text())
         assert report['samples'] == 100 and report['class_map'] == {'0': 0, '1': 3, '2': 1, '3': 2}
         assert np.asarray(report['confusion_matrix']).sum() == 100 * 32 * 32
-        assert (out / 'segmentation' / name / 'eval_real.png').is_file()
-        assert (out / 'segmentation' / name / 'curves.png').is_file()
+        assert (folder / 'eval_real.png').is_file() and (folder / 'curves.png').is_file()
 
 
 def test_demo_rerun_skips_finished_steps(demo_run, capsys):

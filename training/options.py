@@ -28,7 +28,9 @@ CFG_SPECS = {
                       map=2),
     'biface256': dict(ref_gpus=1, kimg=25000, mb=12, mbstd=4, fmaps=0.5, lrate=0.0025, gamma=1, ema=20, ramp=None,
                       map=8),
-    'tiny':      dict(ref_gpus=1, kimg=100, mb=8, mbstd=4, fmaps=None, lrate=0.0025, gamma=-1, ema=-1, ramp=0.05, map=2,
+    # tiny: lrate 0.005, twice upstream's: at 10 kimg on 2 CPU cores the eyes have lids and irises instead of a
+    # near-identical blur, and over 3 demo seeds the segmenter trained on its data beat the 8-annotated one each time.
+    'tiny':      dict(ref_gpus=1, kimg=100, mb=8, mbstd=4, fmaps=None, lrate=0.005, gamma=-1, ema=-1, ramp=0.05, map=2,
                       z_dim=64, channel_base=512, channel_max=32, num_fp16_res=0),
 }
 
