@@ -1,10 +1,14 @@
-"""Training speed (sec/kimg) and peak memory of the dual-branch StyleGAN2, on the built-in demo eyes.
+"""Training speed of the dual-branch StyleGAN2: the fast path against the reference ops, in interleaved rounds.
 
-Each configuration runs the real training loop in its own subprocess (clean peak-memory figures): the demo dataset is
-rendered at the configuration's resolution, training runs for a few ticks of a few iterations each, and the median
-sec/kimg of the ticks after the first (which includes start-up) is reported. Prints a Markdown table, writes JSON.
+For each configuration a subprocess builds G, D and D_NIR exactly as ``train_db_stylegan2.py`` would (on the built-in
+demo eyes at the configuration's resolution) and times the training step: each round runs ``--iters`` iterations of
+the real phase schedule (Gmain every iteration, path-length Greg every 4th, Dmain every iteration, R1 Dreg every 16th;
+16 iterations hold each once in proportion), with backward passes and optimiser steps, first on the reference ops
+(``torch_utils.custom_ops.reference_ops()``) and then on the default fast path, alternating. The speed-up is the
+median (and range) of the per-round ratios, so machine noise hits both paths alike. Prints a Markdown table and
+writes JSON.
 
-    python bench/bench_train.py [--device cpu|cuda] [--configs tiny32,auto256] [--ticks 3] [--iters-per-tick 2]
+    python bench/bench_train.py [--device cpu|cuda] [--configs tiny32,auto64] [--rounds 5] [--iters 16]
 
 One process against several (``--gpus N``) for training and generation: ``bench/bench_scaleout.py``.
 """
@@ -17,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 from bench_common import default_device, run_worker
 
@@ -24,53 +29,108 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = {  # name: (cfg, resolution, batch on CPU, batch on CUDA)
     'tiny32': ('tiny', 32, 8, 32),
+    'auto64': ('auto', 64, 4, 32),
     'auto256': ('auto', 256, 4, 16),
     'paper256': ('paper256', 256, 4, 64),
 }
+
+
+def build(args, tmp):
+    """Networks, loss, optimisers and phases as the training loop builds them; returns a step function."""
+    import torch
+
+    import dnnlib
+    from torch_utils.ops import conv2d_gradfix
+    from training import options
+
+    cfg, res, batch_cpu, batch_cuda = CONFIGS[args.worker]
+    batch = batch_cuda if args.device == 'cuda' else batch_cpu
+    data = os.path.join(tmp, 'eyes')
+    subprocess.run([sys.executable, os.path.join(REPO, 'dataset_tool.py'), 'demo', '--dest', data, '--count',
+                    str(max(2 * batch, 16)), '--resolution', str(res), '--seed', '0'], check=True, capture_output=True)
+    _desc, c = options.setup_training_options(data=data, cfg=cfg, batch=batch, metrics=[], workers=0,
+                                              device=args.device)
+    device = torch.device(args.device)
+    conv2d_gradfix.enabled = True
+    torch.manual_seed(0)
+    common = dict(c_dim=0, img_resolution=res)
+    G = dnnlib.util.construct_class_by_name(**c.G_kwargs, **common, img_channels=3, nir_channels=1)
+    D = dnnlib.util.construct_class_by_name(**c.D_kwargs, **common, img_channels=3)
+    D_NIR = dnnlib.util.construct_class_by_name(**c.D_kwargs, **common, img_channels=1)
+    G, D, D_NIR = (m.train().requires_grad_(False).to(device) for m in (G, D, D_NIR))
+    loss = dnnlib.util.construct_class_by_name(device=device, G_mapping=G.mapping, G_synthesis=G.synthesis, D=D,
+                                               D_NIR=D_NIR, **c.loss_kwargs)
+    opt_kwargs = dict(c.G_opt_kwargs, betas=[float(b) for b in c.G_opt_kwargs.betas])
+    opts = {name: dnnlib.util.construct_class_by_name(params=m.parameters(), **opt_kwargs)
+            for name, m in (('G', G), ('D', D), ('D_NIR', D_NIR))}
+    phases = [('Gmain', [G], ['G'], 1), ('Greg', [G], ['G'], 4), ('Dmain', [D, D_NIR], ['D', 'D_NIR'], 1),
+              ('Dreg', [D, D_NIR], ['D', 'D_NIR'], 16)]
+    real_img = torch.randn([batch, 3, res, res], device=device)
+    real_nir = torch.randn([batch, 1, res, res], device=device)
+    no_c = torch.zeros([batch, 0], device=device)
+
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    def run(iters):
+        sync()
+        start = time.perf_counter()
+        for it in range(iters):
+            for name, modules, keys, interval in phases:
+                if it % interval != 0:
+                    continue
+                for m in modules:
+                    m.requires_grad_(True)
+                for k in keys:
+                    opts[k].zero_grad(set_to_none=True)
+                gen_z = torch.randn([batch, G.z_dim], device=device)
+                loss.accumulate_gradients(phase=name, real_img=real_img, real_nir=real_nir, real_c=no_c,
+                                          gen_z=gen_z, gen_c=no_c, sync=True, gain=interval)
+                for m in modules:
+                    m.requires_grad_(False)
+                for k in keys:
+                    opts[k].step()
+        sync()
+        return time.perf_counter() - start
+
+    return run, dict(cfg=cfg, resolution=res, batch=batch)
 
 
 def worker(args):
     sys.path.insert(0, REPO)
     import torch
 
-    from training import options
-    from training import training_loop as loop
-
-    cfg, res, batch_cpu, batch_cuda = CONFIGS[args.worker]
-    batch = batch_cuda if args.device == 'cuda' else batch_cpu
+    from torch_utils import custom_ops
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, 'eyes')
-        subprocess.run([sys.executable, os.path.join(REPO, 'dataset_tool.py'), 'demo', '--dest', data, '--count',
-                        str(max(2 * batch, 16)), '--resolution', str(res), '--seed', '0'], check=True,
-                       capture_output=True)
-        _desc, c = options.setup_training_options(data=data, cfg=cfg, batch=batch, metrics=[], workers=0,
-                                                  device=args.device)
-        c.pop('device_type', None)
-        c.kimg_per_tick = batch * args.iters_per_tick / 1000
-        c.total_kimg = c.kimg_per_tick * args.ticks + batch / 1000  # tick 0 is one iteration
-        c.image_snapshot_ticks = c.network_snapshot_ticks = None
-        run_dir = os.path.join(tmp, 'run')
-        os.makedirs(run_dir)
-        device = torch.device(args.device)
-        loop.training_loop(run_dir=run_dir, device=device, **c)
-        with open(os.path.join(run_dir, 'stats.jsonl')) as f:
-            ticks = [json.loads(line) for line in f]
-    sec_per_kimg = [t['Timing/sec_per_kimg']['mean'] for t in ticks[1:]]
-    if device.type == 'cuda':
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps(dict(config=args.worker, cfg=cfg, resolution=res, batch=batch, device=args.device,
-                          sec_per_kimg=statistics.median(sec_per_kimg), ticks=sec_per_kimg, peak_bytes=peak,
+        run, info = build(args, tmp)
+        for ref in (True, False):  # warm-up, untimed
+            with custom_ops.reference_ops(ref):
+                run(2)
+        rounds = []
+        for _ in range(args.rounds):
+            times = {}
+            for name, ref in (('reference', True), ('fast', False)):
+                with custom_ops.reference_ops(ref):
+                    times[name] = run(args.iters)
+            rounds.append(times)
+    batch = info['batch']
+    ratios = sorted(r['reference'] / r['fast'] for r in rounds)
+    sec_per_kimg = {k: statistics.median(r[k] for r in rounds) / (args.iters * batch) * 1000
+                    for k in ('reference', 'fast')}
+    peak = (torch.cuda.max_memory_allocated() if args.device == 'cuda'
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps(dict(config=args.worker, **info, device=args.device, rounds=rounds, ratios=ratios,
+                          speedup_median=statistics.median(ratios), sec_per_kimg=sec_per_kimg, peak_bytes=peak,
                           threads=torch.get_num_threads())))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default=None, help="'cpu' or 'cuda' (default: cuda if available)")
-    parser.add_argument('--configs', default='tiny32,auto256', help=f'comma list of {", ".join(CONFIGS)}')
-    parser.add_argument('--ticks', type=int, default=3, help='measured ticks after tick 0')
-    parser.add_argument('--iters-per-tick', type=int, default=2, help='iterations per tick')
+    parser.add_argument('--configs', default='tiny32,auto64', help=f'comma list of {", ".join(CONFIGS)}')
+    parser.add_argument('--rounds', type=int, default=5, help='interleaved rounds (reference, then fast)')
+    parser.add_argument('--iters', type=int, default=16, help='training iterations per path and round')
     parser.add_argument('--out', default=os.path.join(REPO, 'bench', 'results', 'bench_train.json'))
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -82,17 +142,20 @@ def main():
     for name in args.configs.split(','):
         if name not in CONFIGS:
             sys.exit(f'unknown config {name!r}; choose from {", ".join(CONFIGS)}')
-        cmd = [sys.executable, __file__, '--device', args.device, '--ticks', str(args.ticks), '--iters-per-tick',
-               str(args.iters_per_tick), '--worker', name]
+        cmd = [sys.executable, __file__, '--device', args.device, '--rounds', str(args.rounds), '--iters',
+               str(args.iters), '--worker', name]
         rows.append(run_worker(cmd, name))
 
-    print(f'\nDual-branch StyleGAN2 training, device {args.device}, {rows[0]["threads"]} threads '
-          f'(median of {args.ticks} ticks x {args.iters_per_tick} iterations)\n')
-    print('| config | cfg | resolution | batch | sec/kimg | kimg/hour | peak memory |')
-    print('|---|---|---:|---:|---:|---:|---:|')
+    print(f'\nDual-branch StyleGAN2 training step, device {args.device}, {rows[0]["threads"]} threads, '
+          f'{args.rounds} interleaved rounds of {args.iters} iterations (G, path length every 4th, D, R1 every 16th)\n')
+    print('| config | cfg | resolution | batch | reference sec/kimg | fast sec/kimg | speed-up (median) | range |'
+          ' peak memory |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
     for r in rows:
-        print(f'| {r["config"]} | {r["cfg"]} | {r["resolution"]} | {r["batch"]} | {r["sec_per_kimg"]:.1f} | '
-              f'{3600 / r["sec_per_kimg"]:.1f} | {r["peak_bytes"] / 2**20:.0f} MiB |')
+        print(f'| {r["config"]} | {r["cfg"]} | {r["resolution"]} | {r["batch"]} | '
+              f'{r["sec_per_kimg"]["reference"]:.1f} | {r["sec_per_kimg"]["fast"]:.1f} | '
+              f'{r["speedup_median"]:.2f}x | {r["ratios"][0]:.2f}-{r["ratios"][-1]:.2f} | '
+              f'{r["peak_bytes"] / 2**20:.0f} MiB |')
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(dict(device=args.device, rows=rows), f, indent=2)

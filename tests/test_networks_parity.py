@@ -1,5 +1,6 @@
 """The networks rebuilt from the upstream kwargs, loaded strictly with the upstream weights, reproduce every stored
-output of shared/parity (official StyleGAN2-ADA G and D, and BiOcularGAN's dual-branch G)."""
+output of shared/parity (official StyleGAN2-ADA G and D, and BiOcularGAN's dual-branch G), on the reference ops and
+on the CPU fast path (polyphase upsampling convolutions, in-place bias_act, cheap demodulation)."""
 
 import json
 
@@ -7,10 +8,17 @@ import pytest
 import torch
 
 from conftest import assert_close_to_scale, load_parity, shared_dir
+from torch_utils import custom_ops
 from training import networks
 
 FWD = 1e-5   # model outputs: max|a - ref| <= 1e-5 * max|ref|
 GRAD = 1e-4  # gradients
+
+
+@pytest.fixture(autouse=True, params=['fast', 'reference'])
+def ops_path(request):
+    with custom_ops.reference_ops(request.param == 'reference'):
+        yield request.param
 
 
 def _t(arrays, key, grad=False):

@@ -91,7 +91,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='cu
         raise ValueError(f"impl must be 'ref' or 'cuda', got {impl!r}")
     if impl == 'cuda' and x.device.type == 'cuda' and _plugin.get() is not None:
         return _upfirdn2d_cuda(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain).apply(x, f)
-    return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+    fast = x.device.type == 'cpu' and not custom_ops.reference_ops_forced()
+    return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain, fast=fast)
 
 
 def _check_filter(f, x):
@@ -104,8 +105,9 @@ def _check_filter(f, x):
     return f
 
 
-def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
-    """Reference path: zero insertion by reshape + pad, crop/pad, depthwise conv, strided slice."""
+def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, fast=False):
+    """Reference path: zero insertion by reshape + pad, crop/pad, depthwise conv, strided slice. ``fast`` skips the
+    steps that do nothing (inserting no zeros, padding by zero), which still copy the tensor."""
     f = _check_filter(f, x)
     batch, channels, in_h, in_w = x.shape
     upx, upy = _parse_scaling(up)
@@ -113,12 +115,14 @@ def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     padx0, padx1, pady0, pady1 = _parse_padding(padding)
 
     # Insert zeros after every sample.
-    x = x.reshape([batch, channels, in_h, 1, in_w, 1])
-    x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
-    x = x.reshape([batch, channels, in_h * upy, in_w * upx])
+    if not fast or upx > 1 or upy > 1:
+        x = x.reshape([batch, channels, in_h, 1, in_w, 1])
+        x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
+        x = x.reshape([batch, channels, in_h * upy, in_w * upx])
 
     # Pad with zeros, or crop where the padding is negative.
-    x = F.pad(x, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
+    if not fast or max(padx0, padx1, pady0, pady1) > 0:
+        x = F.pad(x, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
     x = x[:, :, max(-pady0, 0): x.shape[2] - max(-pady1, 0), max(-padx0, 0): x.shape[3] - max(-padx1, 0)]
 
     # Convolve: conv2d correlates, so flip the filter unless asked not to.

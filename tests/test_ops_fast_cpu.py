@@ -1,0 +1,226 @@
+"""The CPU fast paths (polyphase transposed convolution, in-place bias_act, cheap demodulation, no-op copies skipped)
+against PyTorch's own operators and the reference ops: values, first- and second-order gradients in float64, and the
+training losses' gradients (R1, path length) in float32."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+
+from conftest import assert_close_to_scale
+from torch_utils import custom_ops
+from torch_utils.ops import bias_act, conv2d_gradfix, conv2d_resample, upfirdn2d
+from training import networks
+
+
+def _rand(*shape, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_(True)
+
+
+def _both_paths(fn):
+    """``fn()`` on the reference ops and on the fast path."""
+    with custom_ops.reference_ops(True):
+        ref = fn()
+    with custom_ops.reference_ops(False):
+        fast = fn()
+    return ref, fast
+
+
+# ------------------------------------------------------------------------------------- polyphase transpose
+
+POLY_CASES = [c for c in itertools.product([2, 3], [1, 2, 3, 4], [1, 3], [1, 2], [0, 1])
+              if c[4] < min(c[1], c[2]) or c[4] == 0]
+
+
+@pytest.mark.parametrize('stride,kh,kw,groups,padding', POLY_CASES)
+def test_polyphase_transpose_equals_conv_transpose2d(stride, kh, kw, groups, padding):
+    x = _rand(2, 4, 5, 4, seed=1).detach()
+    w = _rand(4, 3, kh, kw, seed=2).detach()  # [Cin, Cout / groups, kh, kw]
+    expect = F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
+    got = conv2d_resample.conv_transpose2d_polyphase(x, w, stride, padding, groups)
+    assert got.shape == expect.shape
+    torch.testing.assert_close(got, expect, rtol=0, atol=1e-12)
+
+
+def test_polyphase_transpose_handles_a_transposed_weight_view():
+    # The networks pass w.transpose(0, 1) of an [O, I, k, k] weight; the result must not depend on the strides.
+    x = _rand(2, 6, 4, 4, seed=3).detach()
+    w = _rand(5, 6, 3, 3, seed=4).detach()
+    expect = F.conv_transpose2d(x, w.transpose(0, 1).contiguous(), stride=2)
+    torch.testing.assert_close(conv2d_resample.conv_transpose2d_polyphase(x, w.transpose(0, 1), 2), expect)
+
+
+@pytest.mark.parametrize('gradfix', [False, True])
+def test_polyphase_transpose_second_order_gradients(gradfix, monkeypatch):
+    monkeypatch.setattr(conv2d_gradfix, 'enabled', gradfix)
+    x = _rand(2, 4, 4, 3, seed=5)
+    w = _rand(4, 3, 3, 3, seed=6)
+    fn = lambda x, w: conv2d_resample.conv_transpose2d_polyphase(x, w, 2, 1, 2)  # noqa: E731
+    assert gradcheck(fn, (x, w))
+    assert gradgradcheck(fn, (x, w))
+
+
+# ----------------------------------------------------------------------------------------------- bias_act
+
+BIAS_ACT_CASES = list(itertools.product(['linear', 'relu', 'lrelu'], [None, 0.6], [None, 0.7], [1, 2]))
+
+
+@pytest.mark.parametrize('act,clamp,gain,dim', BIAS_ACT_CASES)
+def test_bias_act_fast_matches_reference_to_second_order(act, clamp, gain, dim):
+    x = _rand(3, 4, 5, 2, seed=7)
+    b = _rand(x.shape[dim], seed=8)
+    fast = lambda x, b: bias_act.bias_act(x, b, dim=dim, act=act, clamp=clamp, gain=gain)  # noqa: E731
+    assert fast(x, b).grad_fn.name().startswith('BiasActCpu')  # the fast path is the one under test
+    torch.testing.assert_close(fast(x, b), bias_act.bias_act(x, b, dim=dim, act=act, clamp=clamp, gain=gain,
+                                                             impl='ref'))
+    assert gradcheck(fast, (x, b)) and gradgradcheck(fast, (x, b))
+
+    def second_order(impl):  # a nonlinear use of the gradient, as R1 and the path-length penalty make
+        y = bias_act.bias_act(x, b, dim=dim, act=act, clamp=clamp, gain=gain, impl=impl)
+        gx, gb = torch.autograd.grad((y.square() * x).sum(), [x, b], create_graph=True)
+        return torch.autograd.grad(gx.square().sum() + gb.sum(), [x, b])
+
+    for got, expect in zip(second_order('cuda'), second_order('ref')):
+        torch.testing.assert_close(got, expect)
+
+
+def test_bias_act_fast_output_may_be_changed_in_place_when_linear():
+    # The discriminator adds to its skip branch's linear output in place; the backward must not need that output.
+    x = _rand(2, 3, 4, 4, seed=9, dtype=torch.float32)
+    y = bias_act.bias_act(x, None, act='linear', gain=0.5)
+    y.add_(1.0)
+    g, = torch.autograd.grad(y.sum(), [x])
+    torch.testing.assert_close(g, torch.full_like(x, 0.5))
+
+
+def test_bias_act_fast_path_not_taken_for_other_cases():
+    x = _rand(2, 3, seed=10)
+    assert 'BiasActCpu' not in bias_act.bias_act(x, act='tanh').grad_fn.name()  # smooth activation: reference
+    assert 'BiasActCpu' not in bias_act.bias_act(x, act='lrelu', gain=-1.0).grad_fn.name()  # slope from output
+    with custom_ops.reference_ops():
+        assert 'BiasActCpu' not in bias_act.bias_act(x, act='lrelu').grad_fn.name()
+
+
+# ------------------------------------------------------------------------------- upfirdn2d and conv2d_resample
+
+@pytest.mark.parametrize('up,down,padding', [(1, 1, 0), (1, 1, 2), (1, 1, -1), (2, 1, 1), (1, 2, 1),
+                                             (1, 1, [0, 1, 2, 0])])
+def test_upfirdn2d_fast_matches_reference(up, down, padding):
+    x = _rand(2, 3, 7, 6, seed=11)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    ref, fast = _both_paths(lambda: upfirdn2d.upfirdn2d(x, f, up=up, down=down, padding=padding))
+    torch.testing.assert_close(fast, ref)
+
+
+@pytest.mark.parametrize('up,down,k,flip_weight', [(2, 1, 3, False), (2, 1, 3, True), (2, 1, 1, False),
+                                                   (1, 2, 3, True), (2, 2, 3, False), (1, 1, 3, True)])
+def test_conv2d_resample_fast_matches_reference_to_second_order(up, down, k, flip_weight):
+    x = _rand(2, 4, 6, 6, seed=12)
+    w = _rand(5, 4, k, k, seed=13)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+
+    def run():
+        y = conv2d_resample.conv2d_resample(x, w, f=f, up=up, down=down, padding=k // 2, flip_weight=flip_weight)
+        gx, gw = torch.autograd.grad((y.square()).sum(), [x, w], create_graph=True)
+        return [y] + list(torch.autograd.grad(gx.square().sum() + gw.square().sum(), [x, w]))
+
+    for fast, ref in zip(*_both_paths(run)[::-1]):
+        torch.testing.assert_close(fast, ref)
+
+
+# ------------------------------------------------------------------------------------------- modulated conv
+
+@pytest.mark.parametrize('up,demodulate,fused,noise', [(1, True, True, True), (1, True, False, False),
+                                                       (2, True, True, True), (2, True, False, True),
+                                                       (1, False, True, False), (1, False, False, True)])
+def test_modulated_conv2d_fast_matches_reference_to_second_order(up, demodulate, fused, noise):
+    x = _rand(3, 4, 5, 5, seed=14)
+    w = _rand(6, 4, 3 if demodulate else 1, 3 if demodulate else 1, seed=15)
+    s = _rand(3, 4, seed=16)
+    n = _rand(1, 1, 5 * up, 5 * up, seed=17).detach() if noise else None
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+
+    def run():
+        y = networks.modulated_conv2d(x, w, s, noise=n, up=up, padding=w.shape[-1] // 2, resample_filter=f,
+                                      demodulate=demodulate, flip_weight=(up == 1), fused_modconv=fused)
+        grads = torch.autograd.grad((y.square()).sum(), [x, w, s], create_graph=True)
+        return [y] + list(torch.autograd.grad(sum(g.square().sum() for g in grads), [x, w, s]))
+
+    ref, fast = _both_paths(run)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------- whole networks
+
+def _tiny_networks(res=16):
+    torch.manual_seed(0)
+    G = networks.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=res, img_channels=3,
+                           mapping_kwargs=dict(num_layers=2),
+                           synthesis_kwargs=dict(channel_base=256, channel_max=16, num_fp16_res=0, conv_clamp=256))
+    D = networks.Discriminator(c_dim=0, img_resolution=res, img_channels=3, channel_base=256, channel_max=16,
+                               num_fp16_res=0, conv_clamp=256)
+    return G.train(), D.train()
+
+
+def test_generator_forward_and_path_length_gradients_match_reference(monkeypatch):
+    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+    G, _ = _tiny_networks()
+    z = torch.randn([4, 16], generator=torch.Generator().manual_seed(1))
+    params = [p for p in G.parameters()]
+
+    def run():
+        ws = G.mapping(z, None, skip_w_avg_update=True).detach().requires_grad_(True)
+        img, nir = G.synthesis(ws, noise_mode='const')
+        target = (img * torch.linspace(-1, 1, img.numel()).reshape(img.shape)).sum() + nir.mean()
+        g, = torch.autograd.grad(target, [ws], create_graph=True)
+        pl = g.square().sum(2).mean(1).sqrt().sum()
+        return [img, nir, g] + list(torch.autograd.grad(pl + img.mean(), params, allow_unused=True))
+
+    ref, fast = _both_paths(run)
+    for a, b in zip(fast, ref):
+        if b is not None:
+            assert_close_to_scale(a, b.detach().numpy(), 1e-4)
+
+
+def test_discriminator_r1_gradients_match_reference(monkeypatch):
+    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+    _, D = _tiny_networks()
+    img = torch.randn([4, 3, 16, 16], generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    params = list(D.parameters())
+
+    def run():
+        logits = D(img, None)
+        r1, = torch.autograd.grad(logits.sum(), [img], create_graph=True)
+        return [logits, r1] + list(torch.autograd.grad(r1.square().sum() + logits.mean(), params))
+
+    ref, fast = _both_paths(run)
+    for a, b in zip(fast, ref):
+        assert_close_to_scale(a, b.detach().numpy(), 1e-4)
+
+
+def test_inference_generator_fast_path_matches_reference_at_batch_above_one():
+    G, _ = _tiny_networks(32)
+    G.eval()
+    z = torch.randn([3, 16], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        (ref_img, ref_nir), (img, nir) = _both_paths(lambda: G(z, None, noise_mode='const'))
+    assert_close_to_scale(img, ref_img.numpy(), 1e-5)
+    assert_close_to_scale(nir, ref_nir.numpy(), 1e-5)
+    assert np.abs(ref_img.numpy()).max() > 0
+
+
+def test_upsampling_convolution_uses_no_transposed_convolution_on_the_fast_path(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError('transposed convolution called')
+
+    monkeypatch.setattr(conv2d_gradfix, 'conv_transpose2d', refuse)
+    x, w = _rand(1, 2, 4, 4, seed=18), _rand(3, 2, 3, 3, seed=19)
+    conv2d_resample.conv2d_resample(x, w, f=upfirdn2d.setup_filter([1, 3, 3, 1]), up=2, padding=1, flip_weight=False)
+    with custom_ops.reference_ops(), pytest.raises(AssertionError, match='transposed convolution called'):
+        conv2d_resample.conv2d_resample(x, w, f=upfirdn2d.setup_filter([1, 3, 3, 1]), up=2, padding=1,
+                                        flip_weight=False)
