@@ -76,9 +76,9 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
         raise ValueError(f'bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}')
     if impl == 'cuda' and x.device.type == 'cuda' and _plugin.get() is not None:
         return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
-    if (impl == 'cuda' and x.device.type == 'cpu' and act in _PIECEWISE_LINEAR and (gain is None or gain > 0)
-            and x.is_floating_point() and not custom_ops.reference_ops_forced()):
-        return _bias_act_cpu(dim, act, alpha, gain, clamp).apply(x, b)
+    if (impl == 'cuda' and x.device.type == 'cpu' and not custom_ops.reference_ops_forced()
+            and not _needs_grad(x, b)):
+        return _bias_act_in_place(x, b, dim, act, alpha, gain, clamp)
     return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 
@@ -94,72 +94,27 @@ def _bias_act_ref(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=N
     return x
 
 
-_PIECEWISE_LINEAR = ('linear', 'relu', 'lrelu')
-_cpu_cache = {}
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _bias_act_cpu(dim, act, alpha, gain, clamp):
-    """CPU fast path for the piecewise-linear activations: one new tensor, every step in place on it.
-
-    The reference path allocates a tensor per step (bias, activation, gain, clamp), and on large feature maps the
-    fresh pages cost as much as the arithmetic. The backward multiplies by the slope read off the output (zero where
-    the clamp cut), built from differentiable ops, so gradients of any order are those of the reference: the
-    second derivative of a piecewise-linear function is zero.
-    """
+def _bias_act_in_place(x, b, dim, act, alpha, gain, clamp):
+    """CPU inference: one new tensor, then every step in place on it. The reference path allocates a tensor per step
+    (bias, activation, gain, clamp), and on large feature maps the fresh pages cost as much as the arithmetic. (With
+    gradients the reference path is faster on the CPU: its fused backward kernels beat a hand-built one.)"""
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    key = (dim, act, alpha, gain, clamp)
-    if key in _cpu_cache:
-        return _cpu_cache[key]
-
-    def slope(y):
-        """d output / d (x + b), from the output alone."""
-        if act == 'linear':
-            s = None
-        elif act == 'relu':
-            s = (y > 0).to(y.dtype)
-        else:
-            s = torch.where(y > 0, 1.0, alpha).to(y.dtype)
-        if clamp >= 0:
-            inside = (y.abs() < clamp).to(y.dtype)
-            s = inside if s is None else s * inside
-        if gain != 1:
-            s = s * gain if s is not None else None
-        return s
-
-    def reduce_bias(t):
-        dims = [i for i in range(t.ndim) if i != dim]
-        return t.sum(dims) if dims else t
-
-    class BiasActCpu(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, b):
-            y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
-            if act == 'relu':
-                y.relu_()
-            elif act == 'lrelu':
-                F.leaky_relu_(y, alpha)
-            if gain != 1:
-                y.mul_(gain)
-            if clamp >= 0:
-                y.clamp_(-clamp, clamp)
-            # A linear unclamped output is not kept: the networks add to such outputs in place.
-            ctx.save_for_backward(y if act != 'linear' or clamp >= 0 else None)
-            ctx.has_bias = b is not None
-            return y
-
-        @staticmethod
-        def backward(ctx, dy):
-            y, = ctx.saved_tensors
-            s = slope(y) if y is not None else None
-            if s is None:
-                dx = dy * gain if gain != 1 else dy
-            else:
-                dx = dy * s
-            db = reduce_bias(dx) if ctx.has_bias and ctx.needs_input_grad[1] else None
-            return dx, db
-
-    _cpu_cache[key] = BiasActCpu
-    return BiasActCpu
+    y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
+    if act == 'relu':
+        y.relu_()
+    elif act == 'lrelu':
+        F.leaky_relu_(y, alpha)
+    elif act != 'linear':
+        y = spec.func(y, alpha=alpha)
+    if gain != 1:
+        y.mul_(gain)
+    if clamp >= 0:
+        y.clamp_(-clamp, clamp)
+    return y
 
 
 _cuda_cache = {}

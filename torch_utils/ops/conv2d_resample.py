@@ -20,7 +20,9 @@ def _conv2d_wrapper(x, w, stride=1, padding=0, groups=1, transpose=False, flip_w
     if not flip_weight and (w.shape[2] > 1 or w.shape[3] > 1):
         w = w.flip([2, 3])
     if transpose:
-        if stride > 1 and x.device.type == 'cpu' and not custom_ops.reference_ops_forced():
+        # Inference only: with gradients, the per-phase convolutions' backward costs more than the transposed one.
+        if (stride > 1 and x.device.type == 'cpu' and not custom_ops.reference_ops_forced()
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
             return conv_transpose2d_polyphase(x, w, stride=stride, padding=padding, groups=groups)
         return conv2d_gradfix.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
     return conv2d_gradfix.conv2d(x, w, stride=stride, padding=padding, groups=groups)
@@ -44,12 +46,14 @@ def conv_transpose2d_polyphase(x, w, stride, padding=0, groups=1):
     my, mx = -(-len_y // s), -(-len_x // s)  # outputs per phase
     x = F.pad(x, [tx - 1, mx - wd, ty - 1, my - h])
     w = w.reshape(groups, c_in_g, c_out_g, kh, kw).transpose(1, 2)  # [g, Cout/g, Cin/g, kh, kw]
-    y = x.new_zeros([n, groups * c_out_g, my, s, mx, s])  # phase (py, px) of row my, column mx
+    # Phase (py, px) of row my, column mx; a stride above the kernel size leaves some phases at zero.
+    empty = s > kh or s > kw
+    y = (x.new_zeros if empty else x.new_empty)([n, groups * c_out_g, my, s, mx, s])
     for py in range(s):
         for px in range(s):
             taps = w[..., py::s, px::s]
             ny, nx = taps.shape[-2:]
-            if ny == 0 or nx == 0:  # a stride above the kernel size leaves this phase at zero
+            if ny == 0 or nx == 0:
                 continue
             taps = taps.flip([3, 4]).reshape(groups * c_out_g, c_in_g, ny, nx).to(x.dtype)
             part = x[:, :, ty - ny: ty - ny + my + ny - 1, tx - nx: tx - nx + mx + nx - 1]
