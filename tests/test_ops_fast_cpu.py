@@ -89,6 +89,28 @@ def test_bias_act_in_place_inference_matches_reference(act, clamp, gain, dim, mo
         assert torch.equal(x, x_before)
 
 
+@pytest.mark.parametrize('act,clamp,gain', [('lrelu', 0.6, None), ('linear', 0.5, 2.0), ('tanh', None, None)])
+def test_bias_act_overwriting_variant(act, clamp, gain):
+    x = _rand(3, 4, 5, seed=20).detach()
+    b = _rand(4, seed=21).detach()
+    expect = bias_act.bias_act(x, b, act=act, clamp=clamp, gain=gain, impl='ref')
+    with torch.no_grad():
+        own = x.clone()
+        got = bias_act.bias_act_(own, b, act=act, clamp=clamp, gain=gain)
+    torch.testing.assert_close(got, expect)
+    if act != 'tanh':  # piecewise-linear activations run in place; the others may return a new tensor
+        assert got.data_ptr() == own.data_ptr()
+    with custom_ops.reference_ops():  # the reference path never overwrites
+        own = x.clone()
+        torch.testing.assert_close(bias_act.bias_act_(own, b, act=act, clamp=clamp, gain=gain), expect)
+        assert torch.equal(own, x)
+    xg = x.clone().requires_grad_(True)  # with gradients: the ordinary op, the input untouched
+    torch.testing.assert_close(bias_act.bias_act_(xg, b, act=act, clamp=clamp, gain=gain), expect)
+    assert torch.equal(xg.detach(), x)
+    with pytest.raises(ValueError, match='does not match'):
+        bias_act.bias_act_(x.clone(), torch.zeros(3))
+
+
 def test_bias_act_with_gradients_takes_the_reference_path(monkeypatch):
     monkeypatch.setattr(bias_act, '_bias_act_in_place', lambda *a: pytest.fail('in-place path with gradients'))
     x = _rand(2, 3, 4, seed=9)

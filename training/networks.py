@@ -312,7 +312,8 @@ class SynthesisLayer(nn.Module):
                              fused_modconv=fused_modconv)
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
+        # x is this layer's own fresh output: bias_act_ may work on it in place
+        return bias_act.bias_act_(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
 
     def extra_repr(self):
         return (f'in_channels={self.in_channels}, out_channels={self.out_channels}, resolution={self.resolution}, '
@@ -337,7 +338,7 @@ class ToRGBLayer(nn.Module):
     def forward(self, x, w, fused_modconv=True):
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x=x, weight=self.weight, styles=styles, demodulate=False, fused_modconv=fused_modconv)
-        return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+        return bias_act.bias_act_(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
     def extra_repr(self):
         return f'in_channels={self.in_channels}, out_channels={self.out_channels}'

@@ -82,6 +82,17 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 
+def bias_act_(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None):
+    """``bias_act`` that may overwrite ``x``, for a caller that owns it (a layer's fresh convolution output): in CPU
+    inference every step runs in place on ``x`` itself, which saves a new feature map; otherwise ``bias_act``."""
+    if x.device.type != 'cpu' or custom_ops.reference_ops_forced() or _needs_grad(x, b) or not x.is_floating_point():
+        return bias_act(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    dim = dim + x.ndim if dim < 0 else dim
+    if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
+        raise ValueError(f'bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}')
+    return _bias_act_in_place(x, b, dim, act, alpha, gain, clamp, out=x)
+
+
 def _bias_act_ref(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None):
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
     if b is not None:
@@ -98,12 +109,15 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _bias_act_in_place(x, b, dim, act, alpha, gain, clamp):
+def _bias_act_in_place(x, b, dim, act, alpha, gain, clamp, out=None):
     """CPU inference: one new tensor, then every step in place on it. The reference path allocates a tensor per step
     (bias, activation, gain, clamp), and on large feature maps the fresh pages cost as much as the arithmetic. (With
     gradients the reference path is faster on the CPU: its fused backward kernels beat a hand-built one.)"""
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
+    if out is not None:  # the caller's own tensor
+        y = out.add_(b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])) if b is not None else out
+    else:
+        y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
     if act == 'relu':
         y.relu_()
     elif act == 'lrelu':
