@@ -13,12 +13,10 @@ variant once more in a subprocess of its own. Prints a Markdown table and writes
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
-import time
 
-from bench_common import default_device, run_worker
+from bench_common import default_device, peak_memory, run_worker, timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER256 = dict(z_dim=512, w_dim=512, c_dim=0, img_resolution=256, img_channels=3,
@@ -62,13 +60,7 @@ def _timed_call(torch, G, z, device, spec):
     if spec['fused'] is not None:
         kwargs['fused_modconv'] = spec['fused']
     with torch.no_grad(), custom_ops.reference_ops(spec['ref_ops']):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        G(z, None, **kwargs)
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return timed(device, lambda: G(z, None, **kwargs))[0]
 
 
 def worker(args):
@@ -86,11 +78,7 @@ def memory_worker(args):
     """Runs in a subprocess: one variant once, its peak memory as one JSON line."""
     torch, G, z, device = _setup(args)
     _timed_call(torch, G, z, device, json.loads(args.memory_worker))
-    if device.type == 'cuda':
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(json.dumps(dict(peak_bytes=peak)))
+    print(json.dumps(dict(peak_bytes=peak_memory(device))))
 
 
 def main():

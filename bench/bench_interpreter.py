@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 
-from bench_common import default_device, run_worker
+from bench_common import default_device, run_worker, sync, timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER256 = dict(z_dim=512, w_dim=512, c_dim=0, img_resolution=256, img_channels=3,
@@ -144,21 +144,6 @@ def random_features(seed, device):
     import torch
     g = torch.Generator().manual_seed(seed)
     return [torch.randn([1, c, r, r], generator=g).to(device) for c, r in LAYOUT]
-
-
-def sync(device):
-    import torch
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def timed(device, fn):
-    """``(seconds, fn())``, with the device synchronised on both sides."""
-    sync(device)
-    start = time.perf_counter()
-    result = fn()
-    sync(device)
-    return time.perf_counter() - start, result
 
 
 def run_generator(args, device):

@@ -16,14 +16,12 @@ One process against several (``--gpus N``) for training and generation: ``bench/
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-from bench_common import default_device, run_worker
+from bench_common import default_device, peak_memory, run_worker, timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,13 +67,7 @@ def build(args, tmp):
     real_nir = torch.randn([batch, 1, res, res], device=device)
     no_c = torch.zeros([batch, 0], device=device)
 
-    def sync():
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-
-    def run(iters):
-        sync()
-        start = time.perf_counter()
+    def steps(iters):
         for it in range(iters):
             for name, modules, keys, interval in phases:
                 if it % interval != 0:
@@ -91,10 +83,8 @@ def build(args, tmp):
                     m.requires_grad_(False)
                 for k in keys:
                     opts[k].step()
-        sync()
-        return time.perf_counter() - start
 
-    return run, dict(cfg=cfg, resolution=res, batch=batch)
+    return lambda iters: timed(device, lambda: steps(iters))[0], dict(cfg=cfg, resolution=res, batch=batch)
 
 
 def worker(args):
@@ -118,8 +108,7 @@ def worker(args):
     ratios = sorted(r['reference'] / r['fast'] for r in rounds)
     sec_per_kimg = {k: statistics.median(r[k] for r in rounds) / (args.iters * batch) * 1000
                     for k in ('reference', 'fast')}
-    peak = (torch.cuda.max_memory_allocated() if args.device == 'cuda'
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = peak_memory(torch.device(args.device))
     print(json.dumps(dict(config=args.worker, **info, device=args.device, rounds=rounds, ratios=ratios,
                           speedup_median=statistics.median(ratios), sec_per_kimg=sec_per_kimg, peak_bytes=peak,
                           threads=torch.get_num_threads())))

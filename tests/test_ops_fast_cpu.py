@@ -73,8 +73,8 @@ BIAS_ACT_CASES = list(itertools.product(list(bias_act.activation_funcs), [None, 
 @pytest.mark.parametrize('act,clamp,gain,dim', BIAS_ACT_CASES)
 def test_bias_act_in_place_inference_matches_reference(act, clamp, gain, dim, monkeypatch):
     calls = []
-    in_place = bias_act._bias_act_in_place
-    monkeypatch.setattr(bias_act, '_bias_act_in_place', lambda *a: calls.append(a) or in_place(*a))
+    in_place = bias_act._activate_in_place
+    monkeypatch.setattr(bias_act, '_activate_in_place', lambda *a: calls.append(a) or in_place(*a))
     x = _rand(3, 4, 5, 2, seed=7).detach()
     b = _rand(x.shape[dim], seed=8).detach()
     x_before = x.clone()
@@ -112,7 +112,7 @@ def test_bias_act_overwriting_variant(act, clamp, gain):
 
 
 def test_bias_act_with_gradients_takes_the_reference_path(monkeypatch):
-    monkeypatch.setattr(bias_act, '_bias_act_in_place', lambda *a: pytest.fail('in-place path with gradients'))
+    monkeypatch.setattr(bias_act, '_activate_in_place', lambda *a: pytest.fail('in-place path with gradients'))
     x = _rand(2, 3, 4, seed=9)
     y = bias_act.bias_act(x, torch.zeros(3), act='lrelu', clamp=1.0)
     g, = torch.autograd.grad(y.sum(), [x])
@@ -243,3 +243,16 @@ def test_upsampling_convolution_uses_no_transposed_convolution_in_inference(monk
             conv2d_resample.conv2d_resample(x, w, f=f, up=2, padding=1, flip_weight=False)
     with pytest.raises(AssertionError, match='transposed convolution called'):  # gradients: the transposed one
         conv2d_resample.conv2d_resample(x, w, f=f, up=2, padding=1, flip_weight=False)
+
+
+def test_cpu_fast_path_selection():
+    x = torch.zeros(2, requires_grad=True)
+    assert custom_ops.cpu_fast_path(x, None)
+    assert custom_ops.cpu_fast_path(x, inference_only=False)
+    assert not custom_ops.cpu_fast_path(x, inference_only=True)  # x needs a gradient
+    with torch.no_grad():
+        assert custom_ops.cpu_fast_path(x, inference_only=True)
+    assert custom_ops.cpu_fast_path(x.detach(), None, inference_only=True)
+    assert not custom_ops.cpu_fast_path(torch.zeros(2, device='meta'))
+    with custom_ops.reference_ops():
+        assert not custom_ops.cpu_fast_path(x.detach())

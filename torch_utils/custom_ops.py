@@ -34,6 +34,16 @@ def reference_ops_forced() -> bool:
     return _force_reference or os.environ.get(FORCE_REF_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on')
 
 
+def cpu_fast_path(*tensors, inference_only=False) -> bool:
+    """Whether an op on ``tensors`` takes its CPU fast path: every tensor (None is skipped) on the CPU, the reference
+    ops not forced and, for a fast path that only pays without gradients (``inference_only``), none of them needing
+    a gradient."""
+    tensors = [t for t in tensors if t is not None]
+    if reference_ops_forced() or any(t.device.type != 'cpu' for t in tensors):
+        return False
+    return not (inference_only and torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 @contextlib.contextmanager
 def reference_ops(enable=True):
     """Run the ops on their reference paths inside this context (for benchmarks and checks)."""

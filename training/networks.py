@@ -42,14 +42,20 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=0, res
                            / weight.abs().amax(dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.abs().amax(dim=1, keepdim=True)
 
-    if x.device.type == 'cpu' and not custom_ops.reference_ops_forced():
-        return _modulated_conv2d_cpu(x, weight, styles, noise, up, down, padding, resample_filter, demodulate,
-                                     flip_weight, fused_modconv)
+    # CPU fast path (same result up to rounding): the demodulation coefficients from the [O, I] matrix of squared
+    # kernel sums (sum_i s_i^2 sum_k w_oik^2 is the same sum) instead of the per-sample weights, and per-sample
+    # weights only where they are smaller than the activations they save a pass over, never for upsampling layers
+    # (whose shared weight is split into phases); otherwise the non-fused form, whatever fused_modconv asks.
+    fast = custom_ops.cpu_fast_path(x)
+    if fast and fused_modconv and (up > 1 or out_channels * kh * kw > x.shape[2] * x.shape[3]):
+        fused_modconv = False
 
     w = dcoefs = None
-    if demodulate or fused_modconv:
+    if fused_modconv or (demodulate and not fast):
         w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)  # [N, O, I, kh, kw]
-    if demodulate:
+    if demodulate and fast:
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
+    elif demodulate:
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()         # [N, O]
     if demodulate and fused_modconv:
         w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
@@ -74,44 +80,6 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=0, res
     if noise is not None:
         x = x.add_(noise)
     return x
-
-
-def _modulated_conv2d_cpu(x, weight, styles, noise, up, down, padding, resample_filter, demodulate, flip_weight,
-                          fused_modconv):
-    """The CPU fast path of ``modulated_conv2d`` (same result up to float rounding).
-
-    The demodulation coefficients come from the [O, I] matrix of squared kernel sums instead of the [N, O, I, kh, kw]
-    per-sample weights (sum_i s_i^2 sum_k w_oik^2 is the same sum). The per-sample weights are built only when they
-    are smaller than the activations they would save a pass over, and never for upsampling layers (whose weight is
-    rearranged into phases, once when shared); otherwise the non-fused form runs, whatever ``fused_modconv`` asks
-    (the two are equal up to rounding).
-    """
-    batch_size, in_channels, height, width = x.shape
-    out_channels, _, kh, kw = weight.shape
-    dcoefs = None
-    if demodulate:
-        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
-    if fused_modconv and (up > 1 or out_channels * kh * kw > height * width):
-        fused_modconv = False
-    if fused_modconv:
-        scale = styles.reshape(batch_size, 1, in_channels)
-        if demodulate:
-            scale = scale * dcoefs.reshape(batch_size, out_channels, 1)
-        w = weight.unsqueeze(0) * scale.unsqueeze(-1).unsqueeze(-1)  # [N, O, I, kh, kw]
-        x = conv2d_resample.conv2d_resample(x=x.reshape(1, -1, height, width),
-                                            w=w.reshape(-1, in_channels, kh, kw).to(x.dtype), f=resample_filter,
-                                            up=up, down=down, padding=padding, groups=batch_size,
-                                            flip_weight=flip_weight)
-        x = x.reshape(batch_size, -1, *x.shape[2:])
-        return x.add_(noise) if noise is not None else x
-    x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
-    x = conv2d_resample.conv2d_resample(x=x, w=weight.to(x.dtype), f=resample_filter, up=up, down=down,
-                                        padding=padding, flip_weight=flip_weight)
-    if demodulate and noise is not None:
-        return fma.fma(x, dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1), noise.to(x.dtype))
-    if demodulate:
-        return x * dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1)
-    return x.add_(noise.to(x.dtype)) if noise is not None else x
 
 
 def _pick_dtype(use_fp16, force_fp32, device):

@@ -65,6 +65,28 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     ``alpha`` and ``gain`` default to the activation's own values only when None; ``clamp=None`` disables
     clamping. ``impl='cuda'`` uses the plugin for CUDA tensors when it is available, else the reference.
     """
+    dim = _check_args(x, b, dim, impl)
+    if impl == 'cuda' and x.device.type == 'cuda' and _plugin.get() is not None:
+        return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
+    if impl == 'cuda' and custom_ops.cpu_fast_path(x, b, inference_only=True):
+        # CPU inference: one new tensor, then every step in place on it.
+        y = x + _along(b, dim, x.ndim) if b is not None else x.clone()
+        return _activate_in_place(y, act, alpha, gain, clamp)
+    return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+
+
+def bias_act_(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None):
+    """``bias_act`` that may overwrite ``x``, for a caller that owns it (a layer's fresh convolution output): in CPU
+    inference every step runs in place on ``x`` itself, which saves a new feature map; otherwise ``bias_act``."""
+    dim = _check_args(x, b, dim, 'cuda')
+    if not custom_ops.cpu_fast_path(x, b, inference_only=True):
+        return bias_act(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    y = x.add_(_along(b, dim, x.ndim)) if b is not None else x
+    return _activate_in_place(y, act, alpha, gain, clamp)
+
+
+def _check_args(x, b, dim, impl):
+    """Validate the arguments; returns ``dim`` made non-negative."""
     if not isinstance(x, torch.Tensor):
         raise TypeError('x must be a tensor')
     if impl not in ('ref', 'cuda'):
@@ -74,50 +96,19 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
         raise ValueError(f'dim {dim} out of range for a {x.ndim}-D tensor')
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
         raise ValueError(f'bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}')
-    if impl == 'cuda' and x.device.type == 'cuda' and _plugin.get() is not None:
-        return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
-    if (impl == 'cuda' and x.device.type == 'cpu' and not custom_ops.reference_ops_forced()
-            and not _needs_grad(x, b)):
-        return _bias_act_in_place(x, b, dim, act, alpha, gain, clamp)
-    return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    return dim
 
 
-def bias_act_(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None):
-    """``bias_act`` that may overwrite ``x``, for a caller that owns it (a layer's fresh convolution output): in CPU
-    inference every step runs in place on ``x`` itself, which saves a new feature map; otherwise ``bias_act``."""
-    if x.device.type != 'cpu' or custom_ops.reference_ops_forced() or _needs_grad(x, b) or not x.is_floating_point():
-        return bias_act(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
-    dim = dim + x.ndim if dim < 0 else dim
-    if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
-        raise ValueError(f'bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}')
-    return _bias_act_in_place(x, b, dim, act, alpha, gain, clamp, out=x)
+def _along(b, dim, ndim):
+    """The bias shaped to broadcast along ``dim`` of an ``ndim``-D tensor."""
+    return b.reshape([-1 if i == dim else 1 for i in range(ndim)])
 
 
-def _bias_act_ref(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None):
+def _activate_in_place(y, act, alpha, gain, clamp):
+    """Activation, gain and clamp on ``y`` in place (CPU inference). The reference path allocates a tensor per step,
+    and on large feature maps the fresh pages cost as much as the arithmetic. (With gradients the reference path is
+    faster on the CPU: its fused backward kernels beat a hand-built one.)"""
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    if b is not None:
-        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
-    x = spec.func(x, alpha=alpha)
-    if gain != 1:
-        x = x * gain
-    if clamp >= 0:
-        x = x.clamp(-clamp, clamp)
-    return x
-
-
-def _needs_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _bias_act_in_place(x, b, dim, act, alpha, gain, clamp, out=None):
-    """CPU inference: one new tensor, then every step in place on it. The reference path allocates a tensor per step
-    (bias, activation, gain, clamp), and on large feature maps the fresh pages cost as much as the arithmetic. (With
-    gradients the reference path is faster on the CPU: its fused backward kernels beat a hand-built one.)"""
-    spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    if out is not None:  # the caller's own tensor
-        y = out.add_(b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])) if b is not None else out
-    else:
-        y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
     if act == 'relu':
         y.relu_()
     elif act == 'lrelu':
@@ -129,6 +120,18 @@ def _bias_act_in_place(x, b, dim, act, alpha, gain, clamp, out=None):
     if clamp >= 0:
         y.clamp_(-clamp, clamp)
     return y
+
+
+def _bias_act_ref(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None):
+    spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
+    if b is not None:
+        x = x + _along(b, dim, x.ndim)
+    x = spec.func(x, alpha=alpha)
+    if gain != 1:
+        x = x * gain
+    if clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
 
 
 _cuda_cache = {}

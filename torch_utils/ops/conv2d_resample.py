@@ -21,8 +21,7 @@ def _conv2d_wrapper(x, w, stride=1, padding=0, groups=1, transpose=False, flip_w
         w = w.flip([2, 3])
     if transpose:
         # Inference only: with gradients, the per-phase convolutions' backward costs more than the transposed one.
-        if (stride > 1 and x.device.type == 'cpu' and not custom_ops.reference_ops_forced()
-                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+        if stride > 1 and custom_ops.cpu_fast_path(x, w, inference_only=True):
             return conv_transpose2d_polyphase(x, w, stride=stride, padding=padding, groups=groups)
         return conv2d_gradfix.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
     return conv2d_gradfix.conv2d(x, w, stride=stride, padding=padding, groups=groups)

@@ -91,8 +91,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='cu
         raise ValueError(f"impl must be 'ref' or 'cuda', got {impl!r}")
     if impl == 'cuda' and x.device.type == 'cuda' and _plugin.get() is not None:
         return _upfirdn2d_cuda(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain).apply(x, f)
-    fast = x.device.type == 'cpu' and not custom_ops.reference_ops_forced()
-    return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain, fast=fast)
+    return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain,
+                          fast=custom_ops.cpu_fast_path(x))
 
 
 def _check_filter(f, x):
