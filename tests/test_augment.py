@@ -16,7 +16,7 @@ import scipy.special
 import torch
 from scipy.spatial.transform import Rotation
 
-from torch_utils import persistence
+from torch_utils import custom_ops, persistence
 from torch_utils.ops import conv2d_gradfix
 from training import augment, legacy
 
@@ -546,8 +546,8 @@ def test_r1_double_backward_through_bgc(channels, gradfix):
     x = _images(n=4, c=channels).requires_grad_(True)
     old = conv2d_gradfix.enabled
     conv2d_gradfix.enabled = gradfix
-    try:
-        with conv2d_gradfix.no_weight_gradients(gradfix):
+    try:  # gradfix's Function runs on the reference ops (the CPU fast path uses PyTorch's convolution)
+        with conv2d_gradfix.no_weight_gradients(gradfix), custom_ops.reference_ops(gradfix):
             g, = torch.autograd.grad(D(pipe(x)).sum(), x, create_graph=True)
         assert g.shape == x.shape and g.abs().sum() > 0
         g.square().sum().backward()

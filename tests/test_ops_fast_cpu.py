@@ -111,6 +111,34 @@ def test_bias_act_overwriting_variant(act, clamp, gain):
         bias_act.bias_act_(x.clone(), torch.zeros(3))
 
 
+@pytest.mark.parametrize('act', ['linear', 'relu', 'lrelu'])
+@pytest.mark.parametrize('bias,gain,clamp', [(True, None, None), (True, 1.0, 0.7), (False, 1.0, 0.7),
+                                             (False, 2.0, None), (True, 2.0, 0.7), (False, 1.0, None)])
+def test_bias_act_with_gradients_matches_reference_to_second_order(act, bias, gain, clamp):
+    # The CPU training path (piecewise-linear activations): in-place steps where nothing saved them, hardtanh for the
+    # clamp. Values, first- and second-order gradients against the reference, away from the clamp's kinks.
+    x = _rand(3, 4, 5, seed=19)
+    b = (_rand(4, seed=20) * 0.3).detach().requires_grad_(True) if bias else None
+    inputs = [x] + ([b] if bias else [])
+    with torch.no_grad():  # the seeds keep every element off the kinks (0 and +-clamp), where gradients may differ
+        y = bias_act._bias_act_ref(x, b, act=act, gain=gain)
+        assert (bias_act._bias_act_ref(x, b).abs() > 1e-3).all() and (clamp is None or
+                                                                      ((y.abs() - clamp).abs() > 1e-3).all())
+
+    def run():
+        y = bias_act.bias_act(x, b, act=act, gain=gain, clamp=clamp)
+        gy = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape).requires_grad_(True)
+        grads = torch.autograd.grad((y * y * gy).sum(), inputs, create_graph=True)
+        return [y] + list(grads) + list(torch.autograd.grad(sum(g.square().sum() for g in grads), inputs + [gy]))
+
+    ref, fast = _both_paths(run)
+    for a, r in zip(fast, ref):
+        torch.testing.assert_close(a, r)
+    x0 = x.detach().clone()  # the input is never overwritten
+    bias_act.bias_act(x, b, act=act, gain=gain, clamp=clamp).sum().backward()
+    assert torch.equal(x.detach(), x0)
+
+
 def test_bias_act_with_gradients_takes_the_reference_path(monkeypatch):
     monkeypatch.setattr(bias_act, '_activate_in_place', lambda *a: pytest.fail('in-place path with gradients'))
     x = _rand(2, 3, 4, seed=9)
@@ -128,6 +156,65 @@ def test_upfirdn2d_fast_matches_reference(up, down, padding):
     f = upfirdn2d.setup_filter([1, 3, 3, 1])
     ref, fast = _both_paths(lambda: upfirdn2d.upfirdn2d(x, f, up=up, down=down, padding=padding))
     torch.testing.assert_close(fast, ref)
+
+
+UPFIRDN_CASES = [  # up, down, padding, taps, flip, gain: the layers' cases and odd ones (anisotropic, cropping)
+    (2, 1, [2, 1, 2, 1], [1, 3, 3, 1], False, 4), (1, 2, [1, 1, 1, 1], [1, 3, 3, 1], False, 1),
+    (1, 1, [2, 1, 2, 1], [1, 3, 3, 1], True, 1), ([2, 1], [1, 3], [1, -1, 3, 0], [[1, 2, 0.5], [0, 3, 1]], True, 2),
+    ([1, 2], [2, 1], [0, 2, 2, 0], [1, 2, 3, 4, 4, 3, 2, 1], False, 3), (2, 2, [-1, 3, 0, -2], [1, 2, 1], False, 1)]
+
+
+def _is_separable(taps):
+    return np.linalg.matrix_rank(np.atleast_2d(np.asarray(taps, dtype=np.float64))) == 1
+
+
+@pytest.mark.parametrize('path', ['matmul', 'function'])
+@pytest.mark.parametrize('up,down,padding,taps,flip,gain', UPFIRDN_CASES)
+def test_upfirdn2d_cpu_fast_paths_match_reference_to_second_order(up, down, padding, taps, flip, gain, path,
+                                                                   monkeypatch):
+    # Two CPU fast paths: small images with a separable filter as banded matrix products (plain autograd), the rest
+    # in one autograd Function whose backward is upfirdn2d again. The reference is autograd through pad, reshape and
+    # a depthwise convolution.
+    x = _rand(2, 3, 7, 9, seed=18)
+    f = upfirdn2d.setup_filter(taps)
+    separable = np.asarray(taps).ndim == 1 or _is_separable(taps)
+    if path == 'function':
+        monkeypatch.setattr(upfirdn2d, 'MATMUL_MAX_SIZE', 0)
+    elif not separable:
+        pytest.skip('a filter of rank two always takes the Function')
+    else:
+        monkeypatch.setattr(upfirdn2d, '_upfirdn2d_function', lambda **_: pytest.fail('the Function was used'))
+
+    def run():
+        y = upfirdn2d.upfirdn2d(x, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain)
+        gy = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape).requires_grad_(True)
+        gx, = torch.autograd.grad((y * gy).sum(), [x], create_graph=True)
+        return [y, gx] + list(torch.autograd.grad(gx.square().sum(), [gy]))  # the op is linear: through gy
+
+    ref, fast = _both_paths(run)
+    for a, b in zip(fast, ref):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    with custom_ops.reference_ops(False):
+        fn = lambda t: upfirdn2d.upfirdn2d(t, f, up=up, down=down, padding=padding, flip_filter=flip,  # noqa: E731
+                                           gain=gain)
+        assert gradcheck(fn, [x]) and gradgradcheck(fn, [x])
+        if path == 'function':  # one node: the Function, not pad/conv/slice
+            assert type(fn(x).grad_fn).__name__ == 'Upfirdn2dBackward'
+
+
+def test_upfirdn2d_matmul_path_only_for_separable_filters_on_small_images(monkeypatch):
+    calls = []
+    real = upfirdn2d._upfirdn2d_function
+    monkeypatch.setattr(upfirdn2d, '_upfirdn2d_function', lambda **kw: calls.append(kw) or real(**kw))
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    small, large = torch.randn(1, 2, 8, 8), torch.randn(1, 1, upfirdn2d.MATMUL_MAX_SIZE + 1, 4)
+    upfirdn2d.upsample2d(small, f)
+    assert calls == []
+    upfirdn2d.upsample2d(large, f)
+    upfirdn2d.upsample2d(small, upfirdn2d.setup_filter([[1, 2], [3, 1]]))  # rank two
+    assert len(calls) == 2
+    assert upfirdn2d._separable_taps(f) is not None and upfirdn2d._separable_taps(f.flip(0), gain=4) is not None
 
 
 @pytest.mark.parametrize('up,down,k,flip_weight', [(2, 1, 3, False), (2, 1, 3, True), (2, 1, 1, False),

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 from conftest import load_parity
+from torch_utils import custom_ops
 from torch_utils.ops import bias_act, conv2d_gradfix, conv2d_resample, fma, grid_sample_gradfix, upfirdn2d
 
 ACTS = list(bias_act.activation_funcs)
@@ -20,10 +21,20 @@ def _rand(*shape, seed=0, scale=1.0):
 
 @pytest.fixture
 def gradfix_enabled(request):
+    # The CPU fast path bypasses conv2d_gradfix's Function; the reference ops keep it, so 'enabled' tests it there.
     old = conv2d_gradfix.enabled
     conv2d_gradfix.enabled = request.param
-    yield request.param
+    with custom_ops.reference_ops(request.param):
+        yield request.param
     conv2d_gradfix.enabled = old
+
+
+@pytest.fixture
+def gradfix_function(monkeypatch):
+    """conv2d_gradfix's own autograd Function (on CUDA, and on the CPU's reference path)."""
+    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+    with custom_ops.reference_ops():
+        yield
 
 
 # ---------------------------------------------------------------------------------------------- bias_act
@@ -168,8 +179,7 @@ def test_conv2d_resample_parity_holds_with_gradfix(gradfix_enabled):
 # -------------------------------------------------------------------------------------- conv2d_gradfix
 
 @pytest.mark.parametrize('transpose', [False, True])
-def test_conv2d_gradfix_matches_torch_to_second_order(transpose, monkeypatch):
-    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+def test_conv2d_gradfix_matches_torch_to_second_order(transpose, gradfix_function):
     x = _rand(2, 4, 6, 5, seed=9)
     w = _rand(4, 2, 3, 2, seed=10)
     b = _rand(4, seed=11)
@@ -195,17 +205,36 @@ def test_conv2d_gradfix_matches_torch_to_second_order(transpose, monkeypatch):
     assert gradgradcheck(ours, (x, w, b))
 
 
-def test_no_weight_gradients_skips_only_the_weight(monkeypatch):
-    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+def test_no_weight_gradients_skips_only_the_weight(gradfix_function):
     x = _rand(1, 2, 5, 5, seed=12)
     w = _rand(3, 2, 3, 3, seed=13)
     y = conv2d_gradfix.conv2d(x, w, padding=1)
+    assert type(y.grad_fn).__name__ == 'Conv2dBackward'
     with conv2d_gradfix.no_weight_gradients():
         dx, dw = torch.autograd.grad(y.square().sum(), [x, w], allow_unused=True, materialize_grads=True)
     dx_ref, dw_ref = torch.autograd.grad(F.conv2d(x, w, padding=1).square().sum(), [x, w])
     torch.testing.assert_close(dx, dx_ref)
     assert torch.count_nonzero(dw) == 0 and torch.count_nonzero(dw_ref) > 0
     assert not conv2d_gradfix.weight_gradients_disabled  # the context restores the flag
+
+
+def test_cpu_fast_path_uses_torch_convolution(monkeypatch):
+    # On the CPU fast path the conv is PyTorch's own, and a regulariser's autograd.grad(inputs=[x]) computes no
+    # weight gradient anyway: the input gradient equals the Function's.
+    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+    x = _rand(1, 2, 5, 5, seed=12)
+    w = _rand(3, 2, 3, 3, seed=13)
+    for transpose in (False, True):
+        op = conv2d_gradfix.conv_transpose2d if transpose else conv2d_gradfix.conv2d
+        with custom_ops.reference_ops(False):
+            y = op(x, w.transpose(0, 1) if transpose else w, padding=1)
+        assert type(y.grad_fn).__name__ == 'ConvolutionBackward0'
+        with custom_ops.reference_ops(True):
+            y_ref = op(x, w.transpose(0, 1) if transpose else w, padding=1)
+        assert type(y_ref.grad_fn).__name__ == 'Conv2dBackward'
+        torch.testing.assert_close(y, y_ref)
+        torch.testing.assert_close(torch.autograd.grad(y.square().sum(), [x])[0],
+                                   torch.autograd.grad(y_ref.square().sum(), [x])[0])
 
 
 # ------------------------------------------------------------------------------------ fma, grid_sample

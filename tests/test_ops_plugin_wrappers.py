@@ -72,6 +72,7 @@ class FakeUpfirdn2dPlugin:
 def fake_plugins(monkeypatch):
     monkeypatch.setattr(bias_act._plugin, 'module', FakeBiasActPlugin())
     monkeypatch.setattr(upfirdn2d._plugin, 'module', FakeUpfirdn2dPlugin())
+    monkeypatch.setattr(upfirdn2d, '_cpu_kernel', FakeUpfirdn2dPlugin.upfirdn2d)  # CPU tensors reach the stand-in
 
 
 def _second_order(fn, inputs):
@@ -111,6 +112,23 @@ def test_bias_act_wrapper_keeps_channels_last(fake_plugins):
     torch.testing.assert_close(g, torch.autograd.grad(bias_act._bias_act_ref(x, b, act='lrelu').sum(), [x])[0])
 
 
+@pytest.mark.parametrize('up,down,pad', [((1, 1), (1, 1), (0, 0, 0, 0)), ((2, 2), (1, 1), (2, 1, 2, 1)),
+                                          ((1, 1), (2, 2), (1, 1, 1, 1)), ((2, 1), (1, 3), (1, -1, 3, 0)),
+                                          ((1, 3), (2, 1), (-2, 2, 2, -1)), ((3, 2), (2, 3), (0, 4, 1, 1))])
+@pytest.mark.parametrize('flip,gain', [(False, 1.0), (True, 2.5)])
+def test_cpu_kernel_follows_the_plugin_contract(up, down, pad, flip, gain):
+    # The CPU kernel behind the fast path against the contract written out directly (FakeUpfirdn2dPlugin).
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 7, 8, generator=g, dtype=torch.float64)
+    f = torch.rand(3, 4, generator=g, dtype=torch.float32)
+    args = (*up, *down, *pad, flip, gain)
+    expect = FakeUpfirdn2dPlugin.upfirdn2d(x, f, *args)
+    got = upfirdn2d._cpu_kernel(x, f, *args)
+    assert got.shape == expect.shape
+    # The kernel scales the float32 filter before casting it, as the reference path does: float32 rounding only.
+    torch.testing.assert_close(got, expect, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize('case', [
     dict(up=2, down=1, padding=[2, 1, 2, 1], f=[1, 3, 3, 1], flip=False, gain=4),
     dict(up=1, down=2, padding=[1, 1, 1, 1], f=[1, 3, 3, 1], flip=False, gain=1),
@@ -126,7 +144,7 @@ def test_upfirdn2d_wrapper_matches_reference(fake_plugins, case):
                   gain=case['gain'])
 
     def ours(x):
-        return upfirdn2d._upfirdn2d_cuda(**kwargs).apply(x, f)
+        return upfirdn2d._upfirdn2d_function(**kwargs).apply(x, f)
 
     def ref(x):
         return upfirdn2d._upfirdn2d_ref(x, f, **kwargs)

@@ -5,12 +5,18 @@ double backward. It keeps the upstream interface and one real benefit: inside ``
 the regularisers (R1, path length) get input gradients without computing weight gradients. That only
 happens when ``enabled`` is True (the training loop sets it); otherwise the calls go straight to
 ``torch.nn.functional``. The custom backward is built from convolutions again, so it stays differentiable.
+
+On the CPU fast path (``custom_ops.cpu_fast_path``) the calls go straight to ``torch.nn.functional`` as well: there
+the Python Function costs more than it saves, and ``torch.autograd.grad(..., inputs=...)``, which the regularisers
+use, already leaves out the weight gradients nobody asked for.
 """
 
 import contextlib
 
 import torch
 import torch.nn.functional as F
+
+from .. import custom_ops
 
 enabled = False                    # the training loop turns this on
 weight_gradients_disabled = False  # set by no_weight_gradients()
@@ -30,13 +36,13 @@ def no_weight_gradients(disable=True):
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    if enabled:
+    if enabled and not custom_ops.cpu_fast_path(input, weight):
         return _conv_function(False, weight.shape, stride, padding, 0, dilation, groups).apply(input, weight, bias)
     return F.conv2d(input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    if enabled:
+    if enabled and not custom_ops.cpu_fast_path(input, weight):
         return _conv_function(True, weight.shape, stride, padding, output_padding, dilation, groups).apply(
             input, weight, bias)
     return F.conv_transpose2d(input, weight, bias, stride=stride, padding=padding, output_padding=output_padding,
