@@ -239,10 +239,13 @@ def test_cpu_fast_path_uses_torch_convolution(monkeypatch):
 
 # ------------------------------------------------------------------------------------ fma, grid_sample
 
-def test_fma_value_and_unbroadcast_gradients():
+@pytest.mark.parametrize('reference', [True, False], ids=['Function', 'addcmul'])
+def test_fma_value_and_unbroadcast_gradients(reference, monkeypatch):
+    monkeypatch.setattr(custom_ops, '_force_reference', reference)  # the Python Function, or the CPU fast path
     a = _rand(3, 1, 4, seed=14)
     b = _rand(1, 5, 1, seed=15)
     c = _rand(4, seed=16)
+    assert (type(fma.fma(a, b, c).grad_fn).__name__ == '_FusedMultiplyAddBackward') == reference
     torch.testing.assert_close(fma.fma(a, b, c), a * b + c)
     assert gradcheck(fma.fma, (a, b, c))
     ga = torch.autograd.grad(fma.fma(a, b, c).sum(), [a, b, c])

@@ -31,17 +31,26 @@ _force_reference = False  # set by reference_ops(); lets one process compare bot
 
 def reference_ops_forced() -> bool:
     """True when the reference implementation of every op must be used (environment or ``reference_ops()``)."""
-    return _force_reference or os.environ.get(FORCE_REF_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on')
+    return _force_reference or _env_forces_reference()
+
+
+def _env_forces_reference() -> bool:
+    value = os.environ.get(FORCE_REF_ENV)
+    return value is not None and value.strip().lower() in ('1', 'true', 'yes', 'on')
 
 
 def cpu_fast_path(*tensors, inference_only=False) -> bool:
     """Whether an op on ``tensors`` takes its CPU fast path: every tensor (None is skipped) on the CPU, the reference
     ops not forced and, for a fast path that only pays without gradients (``inference_only``), none of them needing
-    a gradient."""
-    tensors = [t for t in tensors if t is not None]
-    if reference_ops_forced() or any(t.device.type != 'cpu' for t in tensors):
+    a gradient. (Called for every op of a network, so it is kept cheap.)"""
+    if _force_reference or _env_forces_reference():
         return False
-    return not (inference_only and torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    for t in tensors:
+        if t is not None and not t.is_cpu:
+            return False
+    if inference_only and torch.is_grad_enabled():
+        return not any(t is not None and t.requires_grad for t in tensors)
+    return True
 
 
 @contextlib.contextmanager
