@@ -305,6 +305,48 @@ def copy_atomic(src, dst) -> None:
 
 _TMP_SUFFIX_RE = re.compile(r"\.tmp-\d+$")
 
+
+def remove_path(path) -> None:
+    """Remove a file, a link or a whole folder (a link to a folder is unlinked, not followed); nothing if absent."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def swap_in(staged, dest) -> None:
+    """Move the finished ``staged`` file or folder to ``dest``, replacing whatever is there as a whole: an old folder
+    is first renamed aside and removed only after the new one is in place, so ``dest`` is never a mixture."""
+    staged, dest = os.fspath(staged), os.fspath(dest)
+    old = None
+    if os.path.isdir(dest) and not os.path.islink(dest):
+        old = f"{dest}.old-{os.getpid()}"
+        remove_path(old)
+        os.replace(dest, old)
+    os.replace(staged, dest)
+    if old is not None:
+        remove_path(old)
+
+
+@contextlib.contextmanager
+def staged_folder(dest):
+    """Yield an empty temporary folder beside ``dest`` (``<dest>.tmp-<pid>``, on the same file system) to write into;
+    when the block succeeds it replaces ``dest`` as a whole (`swap_in`), when it fails it is removed and ``dest`` is
+    untouched. Missing parent folders are created."""
+    dest = os.path.abspath(os.fspath(dest))
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    stage = f"{dest}.tmp-{os.getpid()}"
+    remove_path(stage)
+    os.mkdir(stage)
+    try:
+        yield stage
+        swap_in(stage, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            remove_path(stage)
+        raise
+
 # ---------------------------------------------------------------------------------------------------------------------
 # URLs
 

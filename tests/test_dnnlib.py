@@ -9,6 +9,7 @@ import os
 import pickle
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -302,3 +303,50 @@ def test_copy_atomic_copies_and_cleans_up(tmp_path):
     with pytest.raises(FileNotFoundError):
         util.copy_atomic(tmp_path / "missing.bin", tmp_path / "out" / "never.bin")
     assert sorted(p.name for p in dst.parent.iterdir()) == ["dst.bin"]  # no temporary file, no half copy
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# staged_folder / swap_in / remove_path
+
+
+def test_staged_folder_replaces_the_old_folder_as_a_whole(tmp_path):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "stale.txt").write_text("old")
+    with util.staged_folder(dest) as stage:
+        assert os.path.dirname(stage) == str(tmp_path) and os.listdir(stage) == []
+        (Path(stage) / "new.txt").write_text("new")
+        assert os.listdir(dest) == ["stale.txt"]  # nothing visible until the block ends
+    assert os.listdir(dest) == ["new.txt"]  # no file of the old folder survives
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # neither the stage nor the old folder is left behind
+
+
+def test_staged_folder_leaves_dest_untouched_on_error(tmp_path):
+    dest = tmp_path / "a" / "out"
+    with pytest.raises(RuntimeError, match="boom"):
+        with util.staged_folder(dest) as stage:
+            (Path(stage) / "half.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert not dest.exists() and os.listdir(tmp_path / "a") == []
+    dest.mkdir()
+    (dest / "keep.txt").write_text("keep")
+    with pytest.raises(KeyboardInterrupt):
+        with util.staged_folder(dest):
+            raise KeyboardInterrupt
+    assert os.listdir(dest) == ["keep.txt"] and sorted(os.listdir(tmp_path / "a")) == ["out"]
+
+
+def test_swap_in_replaces_a_file_and_remove_path_handles_links(tmp_path):
+    (tmp_path / "new.zip").write_bytes(b"new")
+    (tmp_path / "dest.zip").write_bytes(b"old")
+    util.swap_in(tmp_path / "new.zip", tmp_path / "dest.zip")
+    assert (tmp_path / "dest.zip").read_bytes() == b"new" and not (tmp_path / "new.zip").exists()
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "f").write_text("x")
+    (tmp_path / "link").symlink_to(target)
+    util.remove_path(tmp_path / "link")  # unlinked, the folder it points to kept
+    assert not os.path.lexists(tmp_path / "link") and (target / "f").exists()
+    util.remove_path(target)
+    util.remove_path(tmp_path / "missing")
+    assert not target.exists()
