@@ -23,7 +23,7 @@ import warnings
 import click
 
 import dnnlib.cli
-from apf.checkpoint import ApfError
+import dnnlib.util
 from apf.filter import AUTHORS_DUPLICATE_THRESHOLD, AUTHORS_THRESHOLD
 
 _CTX = dict(help_option_names=['-h', '--help'], max_content_width=120)
@@ -112,19 +112,10 @@ def filter_cli(generated, real, identity_pattern, weights, arch, device, fp16, b
 def calibrate_cli(real, identity_pattern, weights, arch, device, fp16, batch_size, center_crop, cache, no_progress,
                   outdir, fmr, max_impostor_pairs, seed):
     """Genuine and impostor similarity distributions of the real set, and the threshold at a false-match rate."""
-    import os
-
-    from apf.calibrate import calibrate
-    from apf.embed import load_embedder
-    from apf.images import scan_real
-    images = scan_real(real, identity_pattern)  # validated before the weights are loaded
-    embedder, key = load_embedder(weights, arch, device=_device(device), fp16=fp16, batch_size=batch_size,
-                                  center_crop=center_crop)
-    if cache is None:
-        cache = os.path.join(outdir, 'cache', f'real_embeddings-{arch}.npz') if outdir else ''
-    s = calibrate(real, embedder, key, identity_pattern=identity_pattern, fmr=fmr, outdir=outdir, cache=cache,
-                  max_impostor_pairs=max_impostor_pairs, seed=seed, progress=not no_progress, log=click.echo,
-                  images=images)
+    from apf.calibrate import run_calibration
+    s = run_calibration(real, weights, arch=arch, outdir=outdir, fmr=fmr, identity_pattern=identity_pattern,
+                        device=_device(device), fp16=fp16, batch_size=batch_size, center_crop=center_crop, cache=cache,
+                        max_impostor_pairs=max_impostor_pairs, seed=seed, progress=not no_progress, log=click.echo)
     click.echo(f"{s['identities']} identities, {s['images']} images: {s['genuine_pairs']} genuine pairs "
                f"(mean {s['genuine']['mean']:.3f}, std {s['genuine']['std']:.3f}), {s['impostor_pairs']} impostor "
                f"pairs (mean {s['impostor']['mean']:.3f}, std {s['impostor']['std']:.3f})")
@@ -139,13 +130,12 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit code (2 for bad input, with one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     from torch_utils.distributed import DistributedError, RankFailed
+    # A failed rank carries its exit code (2 when its error was bad input); FileError covers ApfError and a bad
+    # list of generated samples (interpreter.generate.SampleListError).
+    user_errors = (dnnlib.util.FileError, DistributedError, RankFailed)
     if argv and argv[0] == 'calibrate':
-        return dnnlib.cli.run(calibrate_cli, argv[1:], prog_name='apf_filter.py calibrate', user_errors=(ApfError,))
-    try:
-        return dnnlib.cli.run(filter_cli, argv, prog_name='apf_filter.py', user_errors=(ApfError, DistributedError))
-    except RankFailed as exc:
-        click.echo(f'error: {exc}', err=True)
-        return exc.exit_code
+        return dnnlib.cli.run(calibrate_cli, argv[1:], prog_name='apf_filter.py calibrate', user_errors=user_errors)
+    return dnnlib.cli.run(filter_cli, argv, prog_name='apf_filter.py', user_errors=user_errors)
 
 
 if __name__ == '__main__':

@@ -18,9 +18,11 @@ import click
 import torch
 
 import dnnlib
+import dnnlib.cli
 from metrics import metric_main, metric_utils
 from torch_utils import distributed
 from training import legacy
+from training.image_pairs import DatasetError
 
 PAIRED_DATASET = 'training.dataset.PairedImageDataset'
 _UPSTREAM_DATASETS = ('training.dataset.ImageFolderDataset',)
@@ -28,6 +30,10 @@ _UPSTREAM_DATASETS = ('training.dataset.ImageFolderDataset',)
 
 class InputError(Exception):
     """Bad command-line input; reported as one 'error: ...' line with exit code 2."""
+
+
+# Reported as one 'error: ...' line, exit code 2 (a failed rank: its exit code).
+USER_ERRORS = (InputError, metric_utils.DetectorUnavailable, distributed.DistributedError, distributed.RankFailed)
 
 
 def _reason(exc):
@@ -55,7 +61,7 @@ def _check_dataset(dataset_kwargs):
     try:
         dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
         size = len(dataset)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, ImportError, IndexError) as exc:
+    except (DatasetError, OSError) as exc:
         raise InputError(f'cannot open dataset {dataset_kwargs.get("path")}: {_reason(exc)}') from None
     if size == 0:
         raise InputError(f'dataset {dataset_kwargs.get("path")} is empty')
@@ -91,7 +97,7 @@ def calc_metrics(network_pkl, metrics, data=None, mirror=None, gpus=None, detect
     world = distributed.from_environment()
     if world is not None:
         if gpus is not None and gpus != world.size:
-            raise InputError(f'--gpus {gpus} disagrees with torchrun\'s world size {world.size}; leave --gpus out')
+            raise InputError(f"--gpus {gpus} disagrees with torchrun's world size {world.size}; leave --gpus out")
         gpus = world.size
         verbose = verbose and world.is_main
     gpus = 1 if gpus is None else gpus
@@ -148,41 +154,32 @@ def calc_metrics(network_pkl, metrics, data=None, mirror=None, gpus=None, detect
 @click.option('--data', metavar='PATH', help='Paired dataset to compare against [default: the one used in training].')
 @click.option('--mirror', type=bool, metavar='BOOL', help='Mirror the dataset images [default: as in training].')
 @click.option('--gpus', type=int, default=None, metavar='INT',
-              help='Number of processes (GPUs) [default: 1, or torchrun\'s world size].')
+              help="Number of processes (GPUs) [default: 1, or torchrun's world size].")
 @click.option('--dist-timeout', type=click.FloatRange(min=1), default=distributed.DEFAULT_TIMEOUT_S, show_default=True,
               metavar='SEC', help='Seconds a rank waits for a silent peer before the job ends.')
 @click.option('--detector-dir', metavar='DIR', help='Folder holding inception-2015-12-05.pt and vgg16.pt.')
 @click.option('--seed', type=int, metavar='INT', help='Seed for latents and subsets [default: fresh each run].')
 @click.option('--verbose', type=bool, default=True, show_default=True, metavar='BOOL', help='Print progress.')
-def main(network_pkl, metrics, data, mirror, gpus, dist_timeout, detector_dir, seed, verbose):
+def command(network_pkl, metrics, data, mirror, gpus, dist_timeout, detector_dir, seed, verbose):
     """Compute quality metrics (RGB and NIR) of a trained network pickle.
 
     \b
     python calc_metrics.py --network=run/network-snapshot-000200.pkl --metrics=fid50k_full,kid50k_full
     python calc_metrics.py --network=snapshot.pkl --metrics=pr50k3_full --data=datasets/crosseyed --mirror=1
     """
-    try:
-        calc_metrics(network_pkl, metrics, data=data, mirror=mirror, gpus=gpus, detector_dir=detector_dir, seed=seed,
-                     verbose=verbose, timeout_s=dist_timeout)
-    except (InputError, metric_utils.DetectorUnavailable, distributed.DistributedError) as exc:
-        click.echo(f'error: {exc}', err=True)
-        sys.exit(2)
-    except distributed.RankFailed as exc:
-        click.echo(f'error: {exc}', err=True)
-        sys.exit(exc.exit_code)
+    calc_metrics(network_pkl, metrics, data=data, mirror=mirror, gpus=gpus, detector_dir=detector_dir, seed=seed,
+                 verbose=verbose, timeout_s=dist_timeout)
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit code (2 for bad input, with one line on stderr)."""
+    return dnnlib.cli.run(command, argv, prog_name='calc_metrics.py', user_errors=USER_ERRORS)
 
 
 def cli(argv=None):
-    """Entry point that turns click's own usage errors into one 'error: ...' line too (exit code 2)."""
-    try:
-        return main.main(args=argv, standalone_mode=False)
-    except click.ClickException as exc:
-        click.echo(f'error: {exc.format_message()}', err=True)
-        sys.exit(2)
-    except click.Abort:
-        click.echo('error: aborted', err=True)
-        sys.exit(1)
+    """``main``, exiting with its code (the entry point of earlier versions)."""
+    sys.exit(main(argv))
 
 
 if __name__ == '__main__':
-    cli()
+    sys.exit(main())

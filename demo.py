@@ -18,7 +18,8 @@ import sys
 import click
 
 import dnnlib.cli
-from pipeline.demo import Demo, DemoError, Settings
+import dnnlib.util
+from pipeline.demo import DemoError, Settings, run_demo
 
 
 @click.command(context_settings=dict(help_option_names=['-h', '--help'], max_content_width=120),
@@ -37,22 +38,12 @@ from pipeline.demo import Demo, DemoError, Settings
 @click.option('--fresh', is_flag=True, help='Delete an earlier demo in --outdir and start again.')
 def cli(outdir, kimg, count, num_sample, seg_epochs, seed, device, fresh):
     """The BiOcularGAN pipeline end to end on synthetic eyes: prints where to look when it is done."""
-    demo = Demo(Settings(outdir=outdir, kimg=kimg, count=count, num_sample=num_sample, seg_epochs=seg_epochs, seed=seed,
-                         device=device),
-                log=click.echo)
-    summary = demo.run(fresh=fresh)
-    click.echo('')
-    click.echo(f'Demo finished: {summary["total_seconds"]:.0f} s of steps; {summary["generated_samples"]} annotated '
-               f'RGB + NIR pairs generated, {summary["kept_after_uncertainty_filter"]} kept after the uncertainty '
-               f'filter.')
-    click.echo('Where to look:')
-    for what, where in summary['where'].items():
-        click.echo(f'  {what:<66} {where}')
-    click.echo(f'  {"summary (times per step, the commands)":<66} {demo.out}/summary.md')
+    run_demo(Settings(outdir=outdir, kimg=kimg, count=count, num_sample=num_sample, seg_epochs=seg_epochs, seed=seed,
+                      device=device), fresh=fresh, log=click.echo)
 
 
 def main(argv=None) -> int:
-    return dnnlib.cli.run(cli, argv, prog_name='demo.py', user_errors=(DemoError,))
+    return dnnlib.cli.run(cli, argv, prog_name='demo.py', user_errors=(DemoError, dnnlib.util.FileError))
 
 
 if __name__ == '__main__':

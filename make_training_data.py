@@ -26,6 +26,7 @@ import click
 import dnnlib.cli
 from interpreter.config import ConfigError, load_config
 from interpreter.latents import make_training_data, pick_device
+from torch_utils.misc import DeviceError
 from training.legacy import CheckpointError
 
 
@@ -35,18 +36,18 @@ from training.legacy import CheckpointError
 @click.option('--num_sample', '--num-sample', 'num_sample', type=click.IntRange(min=1), default=100,
               show_default=True, help='Number of pairs to generate.')
 @click.option('--seed', type=click.IntRange(0, 2 ** 32 - 1), default=None, metavar='INT',
-              help='Random seed of the latents [default: the config\'s seed, 0].')
+              help="Random seed of the latents [default: the config's seed, 0].")
 @click.option('--png', is_flag=True, help='Write lossless PNG instead of JPEG.')
 @click.option('--device', default=None, metavar='DEVICE', help='cpu, cuda, cuda:N [default: cuda if available].')
 @click.option('--network', default=None, metavar='PKL', help='Generator pickle; overrides stylegan_checkpoint.')
 @click.option('--expand_to_dimensions', '--expand-to-dimensions', 'expand_to_dimensions', type=click.IntRange(min=1),
-              default=None, help='Overrides the config key (checked against the generator\'s number of ws).')
+              default=None, help="Overrides the config key (checked against the generator's number of ws).")
 @click.option('--overwrite', is_flag=True, help='Replace the outputs of an earlier run in --sv_path.')
 def cli(exp, sv_path, num_sample, seed, png, device, network, expand_to_dimensions, overwrite):
     """Generate images to annotate (RGB + NIR pairs) and their latents from a dual-branch generator."""
     try:
         pick_device(device)
-    except ValueError as exc:
+    except DeviceError as exc:
         raise click.BadParameter(str(exc), param_hint='--device') from None
     overrides = dict(stylegan_checkpoint=network, expand_to_dimensions=expand_to_dimensions)
     cfg = load_config(exp, overrides, check_files=['stylegan_checkpoint', 'average_latent'])

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from torch_utils import custom_ops
+import dnnlib.cli
+from torch_utils import custom_ops, misc
 from torch_utils.ops import bias_act, conv2d_resample, upfirdn2d
 from training import legacy, networks
 
@@ -42,9 +43,9 @@ def _compare(name, fn, x, tol):
 @click.option('--device', default=None, help="Device to test, e.g. 'cpu' or 'cuda' (default: CUDA if present).")
 @click.option('--seed', default=0, show_default=True, help='Random seed.')
 @click.option('--out', default='out/self_check.png', show_default=True, help='Where to save the RGB | NIR pair.')
-def main(device, seed, out):
+def cli(device, seed, out):
     """Check that PyTorch and the project's custom ops work on this machine."""
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    device = misc.get_device(device)
     torch.manual_seed(seed)
     start = time.time()
     click.echo(f'torch {torch.__version__}, device {device}, CUDA available: {torch.cuda.is_available()}, '
@@ -63,7 +64,7 @@ def main(device, seed, out):
     ok = all(_compare(name, fn, x, tol) for name, fn, tol in checks)
     ok = _generate_pair(device, seed, out) and ok
     click.echo(f'Self-check {"passed" if ok else "FAILED"} in {time.time() - start:.1f} s.')
-    sys.exit(0 if ok else 1)
+    return 0 if ok else 1
 
 
 def _to_uint8(img):
@@ -93,5 +94,11 @@ def _generate_pair(device, seed, out):
     return same
 
 
+def main(argv=None) -> int:
+    """Run the command line; returns the exit code (1 when a check fails, 2 for bad input such as an unknown
+    device)."""
+    return dnnlib.cli.run(cli, argv, prog_name='self_check.py', user_errors=(misc.DeviceError,))
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -22,13 +22,11 @@ Examples:
   python train_db_stylegan2.py --outdir=runs --resume=runs/00001-demo_eyes-tiny-kimg2
 """
 
-import os
-import re
 import sys
 
 import click
 
-import dnnlib
+import dnnlib.cli
 
 
 class CommaSeparatedList(click.ParamType):
@@ -42,13 +40,7 @@ class CommaSeparatedList(click.ParamType):
         return value.split(',')
 
 
-def _fail(message):
-    click.echo(f'error: {message}', err=True)
-    sys.exit(2)
-
-
 @click.command(epilog=__doc__.split('Examples:')[1], context_settings=dict(max_content_width=120))
-@click.pass_context
 # General options.
 @click.option('--outdir', help='Where to save the results', required=True, metavar='DIR')
 @click.option('--gpus', help='Number of processes (GPUs, or CPU processes on gloo) [default: 1]', type=int,
@@ -98,57 +90,25 @@ def _fail(message):
 @click.option('--dist-timeout', help='Seconds a rank waits for a silent peer before the job ends [default: 900]',
               type=click.FloatRange(min=1), metavar='SEC')
 @click.option('--workers', help='DataLoader workers [default: 3, at most the number of CPUs]', type=int, metavar='INT')
-def main(ctx, outdir, dry_run, dist_timeout, **config_kwargs):
+def cli(outdir, dry_run, dist_timeout, **options):
     """Train the dual-branch StyleGAN2-ADA of BiOcularGAN / BiFaceGAN.
 
     Every run gets a new directory OUTDIR/NNNNN-DESC with training_options.json, log.txt, stats.jsonl, image grids of
     both modalities (reals.png, reals_nir.png, fakesNNNNNN.png, fakesNNNNNN_nir.png), network snapshots
     (network-snapshot-NNNNNN.pkl, with D_NIR) and, beside each, training-state-NNNNNN.pt for an exact continuation.
     """
-    from torch_utils import distributed
-    from training import options
-    from training.dataset import DatasetError
-    from training.legacy import CheckpointError
+    from training import options as training_options
 
-    given = {k for k, v in config_kwargs.items() if v is not None}
-    kwargs = {k: v for k, v in config_kwargs.items() if v is not None}
-    kwargs = {k.replace('-', '_'): v for k, v in kwargs.items()}
-    try:
-        world = distributed.from_environment()
-        if world is not None:  # torchrun: its world size is the number of processes
-            if kwargs.get('gpus', world.size) != world.size:
-                raise options.UserError(f'--gpus {kwargs["gpus"]} disagrees with torchrun\'s world size '
-                                        f'{world.size}; leave --gpus out under torchrun')
-            kwargs['gpus'] = world.size
-        continuation = options.resolve_continuation(kwargs.get('resume'))
-        if continuation is not None:
-            snapshot, state, c = continuation
-            processes = kwargs.get('gpus', c.num_gpus)
-            if processes != c.num_gpus:
-                raise options.UserError(
-                    f'{state}: saved by a run of {c.num_gpus} process(es); an exact continuation needs as many, '
-                    f'not {processes} (--gpus {c.num_gpus}, or torchrun with {c.num_gpus} processes in all)')
-            if kwargs.get('kimg') is not None:
-                c.total_kimg = kwargs['kimg']  # the one option that may change: train for longer
-            c.resume_pkl, c.resume_state = snapshot, state
-            c.pop('run_dir', None)
-            desc = re.sub(r'^\d+-', '', os.path.basename(os.path.dirname(snapshot))) + '-continued'
-            ignored = sorted(given - {'resume', 'kimg', 'outdir', 'gpus'})
-            if ignored:
-                click.echo(f'Note: continuing {snapshot} with its own options; ignoring --{", --".join(ignored)}')
-        else:
-            if kwargs.get('data') is None:
-                raise options.UserError('--data is required (unless --resume names a run to continue)')
-            desc, c = options.setup_training_options(given=given, **kwargs)
-        timeout = dict(timeout_s=dist_timeout) if dist_timeout else {}
-        options.launch_training(c=c, desc=desc, outdir=outdir, dry_run=dry_run, **timeout)
-    except (options.UserError, DatasetError, CheckpointError, dnnlib.util.OfflineDownloadError,
-            FileNotFoundError, distributed.DistributedError) as exc:
-        _fail(str(exc))
-    except distributed.RankFailed as exc:
-        click.echo(f'error: {exc}', err=True)
-        sys.exit(exc.exit_code)
+    desc, c = training_options.options_from_command_line(options, log=click.echo)
+    training_options.launch_training(c=c, desc=desc, outdir=outdir, dry_run=dry_run, timeout_s=dist_timeout)
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit code (2 for bad input, with one line on stderr)."""
+    from training.options import USER_ERRORS
+
+    return dnnlib.cli.run(cli, argv, prog_name='train_db_stylegan2.py', user_errors=USER_ERRORS)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -24,15 +24,16 @@ import sys
 
 import click
 
+import dnnlib.cli
 
-def _fail(message):
-    click.echo(f'error: {message}', err=True)
-    sys.exit(2)
+
+def _comma_list(ctx, param, value):
+    return [n.strip() for n in value.split(',')] if value else None
 
 
 @click.command(epilog=__doc__.split('\n\n', 1)[1], context_settings=dict(max_content_width=120))
 @click.option('--exp', 'exp', required=True, metavar='JSON', help='Experiment config (the original keys).')
-@click.option('--exp_dir', default=None, metavar='DIR', help='Override the config\'s exp_dir.')
+@click.option('--exp_dir', default=None, metavar='DIR', help="Override the config's exp_dir.")
 @click.option('--generate_data', type=bool, default=False, show_default=True, metavar='BOOL',
               help='Generate a dataset instead of training (true/false).')
 @click.option('--resume', default=None, metavar='DIR', help='Folder with models/ for generation [default: exp_dir].')
@@ -41,18 +42,18 @@ def _fail(message):
 @click.option('--start_step', type=click.IntRange(min=0), default=0, show_default=True,
               help='Index of the first sample (for shards).')
 @click.option('--out', default=None, metavar='DIR', help='Output folder for generation [default: RESUME/samples].')
-@click.option('--seed', type=int, default=None, help='Random seed [default: the config\'s seed].')
+@click.option('--seed', type=int, default=None, help="Random seed [default: the config's seed].")
 @click.option('--device', default=None, help='cpu, cuda or cuda:N [default: cuda if available].')
 @click.option('--gpus', type=click.IntRange(min=1), default=None,
               help='Generation: processes to split the samples over (GPUs, or CPU processes) [default: 1, or '
-                   'torchrun\'s world size].')
+                   "torchrun's world size].")
 @click.option('--dist-timeout', 'dist_timeout', type=click.FloatRange(min=1), default=900, show_default=True,
               metavar='SEC', help='Seconds a rank waits for a silent peer before the job ends.')
 @click.option('--dense', is_flag=True, help='Generation: use the dense reference feature path (slow, for checks).')
 @click.option('--stop_rule', type=click.Choice(['original', 'smoothed']), default='original', show_default=True,
-              help='Training stop rule: the originals\' per-batch rule or a smoothed-loss plateau.')
+              help="Training stop rule: the originals' per-batch rule or a smoothed-loss plateau.")
 @click.option('--uncertainty_portion', type=click.FloatRange(0, 1), default=None,
-              help='Share of the most uncertain samples to drop [default: the config\'s, 0.1].')
+              help="Share of the most uncertain samples to drop [default: the config's, 0.1].")
 @click.option('--filter_only', type=bool, default=False, metavar='BOOL',
               help='Only (re)write kept.jsonl / rejected.jsonl for the samples in the output folder.')
 @click.option('--cross_validate', type=bool, default=False, metavar='BOOL',
@@ -60,60 +61,24 @@ def _fail(message):
 @click.option('--folds', type=click.IntRange(min=2), default=None,
               help='Cross-validation folds [default: leave-one-out].')
 @click.option('--cv_models', type=click.IntRange(min=1), default=None,
-              help='Classifiers per fold [default: the config\'s model_num].')
+              help="Classifiers per fold [default: the config's model_num].")
 @click.option('--eval_masks', default=None, metavar='DIR',
               help='Score the generated masks in --out against the reference masks in DIR.')
-@click.option('--class_names', default=None, metavar='A,B,..', help='Class names for the reports, comma-separated.')
-def main(exp, exp_dir, generate_data, resume, num_sample, start_step, out, seed, device, gpus, dist_timeout, dense,
-         stop_rule,
-         uncertainty_portion, filter_only, cross_validate, folds, cv_models, eval_masks, class_names):
+@click.option('--class_names', default=None, callback=_comma_list, metavar='A,B,..',
+              help='Class names for the reports, comma-separated.')
+def cli(**options):
     """Train the interpreter ensemble, or generate an annotated dataset with it."""
-    import os
+    from interpreter import commands
 
-    from interpreter import config, crossval, generate, train
-    from torch_utils import distributed
-    from training.legacy import CheckpointError
+    commands.run(**options, log=click.echo)
 
-    try:
-        overrides = {}
-        if exp_dir is not None:
-            overrides['exp_dir'] = exp_dir
-        if seed is not None:
-            overrides['seed'] = seed
-        if uncertainty_portion is not None:
-            overrides['uncertainty_portion'] = uncertainty_portion
-        names = [n.strip() for n in class_names.split(',')] if class_names else None
-        if eval_masks:
-            cfg = config.load_config(exp, overrides=overrides, check_files=False)
-            out = out or os.path.join(resume or cfg.exp_dir, 'samples')
-            crossval.eval_masks(out, eval_masks, num_classes=cfg.number_class, class_names=names, log=click.echo)
-            return
-        generating = generate_data or filter_only
-        # Generation needs the generator and the models, not the annotation files.
-        cfg = config.load_config(exp, overrides=overrides,
-                                 check_files=['stylegan_checkpoint'] if generating else True)
-        if cross_validate:
-            crossval.cross_validate(cfg, folds=folds, device=device, stop_rule=stop_rule, model_num=cv_models,
-                                    class_names=names, log=click.echo)
-        elif generating:
-            resume = resume or cfg.exp_dir
-            out = out or os.path.join(resume, 'samples')
-            if not filter_only:
-                generate.generate_on_ranks(cfg, resume, num_sample, start_step=start_step, out_dir=out,
-                                           device=device, fast=not dense, gpus=gpus, timeout_s=dist_timeout)
-            elif cfg.uncertainty_portion > 0:
-                kept, rejected = generate.filter_by_uncertainty(out, cfg.uncertainty_portion)
-                click.echo(f'{kept} samples kept, {rejected} most uncertain listed in {out}/rejected.jsonl')
-        else:
-            paths = train.train_ensemble(cfg, device=device, stop_rule=stop_rule)
-            click.echo(f'{len(paths)} classifiers in {os.path.dirname(paths[0])}')
-    except distributed.RankFailed as exc:
-        click.echo(f'error: {exc}', err=True)
-        sys.exit(exc.exit_code)
-    except (config.ConfigError, train.AnnotationSetError, CheckpointError, ValueError,
-            FileNotFoundError, distributed.DistributedError) as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit code (2 for bad input, with one line on stderr)."""
+    from interpreter.commands import USER_ERRORS
+
+    return dnnlib.cli.run(cli, argv, prog_name='train_interpreter.py', user_errors=USER_ERRORS)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -34,7 +34,7 @@ def _load_config(ctx, _param, path):
     try:
         with open(path) as f:
             values = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise click.BadParameter(f'{path}: cannot be read as JSON ({e})', ctx=ctx, param=_param) from None
     if not isinstance(values, dict):
         raise click.BadParameter(f'{path}: must hold a JSON object of option values', ctx=ctx, param=_param)
@@ -86,7 +86,7 @@ ARCH_CHOICES = ('unet', 'deeplabv3_resnet18', 'deeplabv3_resnet34', 'deeplabv3_r
               help='Classes [default: from classes.json, else the largest label + 1].')
 @click.option('--class_names', default=None, metavar='A,B,..', help='Class names, comma-separated.')
 @click.option('--class_map', '--class-map', 'class_map', default=None, metavar='JSON',
-              help='Map the training masks\' class ids to the model\'s (as eval_segmentation.py --class-map).')
+              help="Map the training masks' class ids to the model's (as eval_segmentation.py --class-map).")
 @click.option('--all_samples', is_flag=True, help='Generated data: ignore kept.jsonl and use every sample.')
 @click.option('--hflip/--no-hflip', default=True, show_default=True, help='Random horizontal flips.')
 @click.option('--vflip/--no-vflip', default=False, show_default=True, help='Random vertical flips.')

@@ -93,3 +93,21 @@ def calibrate(real, embedder, cache_key=None, identity_pattern=None, fmr=1e-3, o
                         'genuine mean - 2 std': (authors_rule, (117, 80, 123))},
             title=f'calibration: {stats["identities"]} identities, {stats["images"]} images', value_range=(-0.5, 1.0))
     return stats
+
+
+def run_calibration(real, weights, arch='r100', outdir=None, fmr=1e-3, identity_pattern=None, device='cpu',
+                    fp16=False, batch_size=32, center_crop=1.0, cache=None, max_impostor_pairs=2_000_000, seed=0,
+                    progress=True, log=print, embedder=None, cache_key=None):
+    """``calibrate`` with the backbone loaded from ``weights``, as ``apf.filter.run_filter`` filters; returns the
+    statistics dict. The real set is checked before the weights are loaded. ``embedder``/``cache_key`` replace loading
+    ``weights``. ``cache``: the real-embedding cache file (default ``<outdir>/cache/real_embeddings-<arch>.npz``
+    when there is an ``outdir``, else none; ``''``: none)."""
+    from apf.embed import default_cache_path, load_embedder
+    images = scan_real(real, identity_pattern)
+    if embedder is None:
+        embedder, cache_key = load_embedder(weights, arch, device=device, fp16=fp16, batch_size=batch_size,
+                                            center_crop=center_crop)
+    if cache is None:
+        cache = default_cache_path(outdir, arch) if outdir else ''
+    return calibrate(real, embedder, cache_key, identity_pattern=identity_pattern, fmr=fmr, outdir=outdir, cache=cache,
+                     max_impostor_pairs=max_impostor_pairs, seed=seed, progress=progress, log=log, images=images)

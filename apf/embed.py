@@ -159,6 +159,11 @@ class EmbeddingCache:
             np.savez(f, embeddings=emb, meta=np.array(meta))
 
 
+def default_cache_path(outdir, arch):
+    """The real-embedding cache of an APF output folder unless another is named."""
+    return os.path.join(outdir, 'cache', f'real_embeddings-{arch}.npz')
+
+
 def load_embedder(weights, arch, device='cpu', fp16=False, batch_size=32, center_crop=1.0):
     """The backbone from ``weights`` as an ``Embedder`` plus the cache key describing weights and preprocessing."""
     from apf.checkpoint import load_backbone

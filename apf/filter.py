@@ -14,13 +14,12 @@ written under a temporary name and renamed; the summary is written last.
 """
 
 import csv
-import glob
 import io
 import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 
@@ -28,7 +27,7 @@ import dnnlib
 from apf import plots
 from apf.checkpoint import ApfError
 from apf.images import IMAGE_EXTENSIONS, scan_real
-from interpreter.generate import finished_samples
+from interpreter.generate import generated_samples
 
 AUTHORS_THRESHOLD = 0.622  # ArcBiFaceGAN: mean - 2 std of genuine ArcFace r100 scores (0.776 - 2 * 0.077)
 AUTHORS_DUPLICATE_THRESHOLD = 0.853
@@ -46,21 +45,8 @@ class GeneratedSample:
     entry: dict = field(default_factory=dict)  # its metadata line, when there is one
 
 
-def _read_jsonl(path) -> List[dict]:
-    out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ApfError(path, f'line {n} is not JSON') from None
-    return out
-
-
 def _sample_from_entry(entry, source) -> GeneratedSample:
-    if not isinstance(entry, dict) or not isinstance(entry.get('rgb'), str):
+    if not isinstance(entry.get('rgb'), str):
         raise ApfError(source, 'an entry has no "rgb" file (not written by the mask generator?)')
     files = {k: entry[k] for k in SAMPLE_KINDS if isinstance(entry.get(k), str)}
     name = os.path.splitext(os.path.basename(files['rgb']))[0]
@@ -74,18 +60,9 @@ def scan_generated(root, use_kept: bool = True):
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise ApfError(root, 'generated dataset folder not found')
-    kept = os.path.join(root, 'kept.jsonl')
-    shards = sorted(glob.glob(os.path.join(root, 'metadata-*.jsonl')))
-    if use_kept and os.path.isfile(kept):
-        samples, source = [_sample_from_entry(e, kept) for e in _read_jsonl(kept)], 'kept.jsonl'
-    elif shards:
-        source = 'metadata-*.jsonl'
-        try:
-            entries = finished_samples(root)
-        except (KeyError, TypeError, ValueError):
-            raise ApfError(os.path.join(root, source), 'a line has no sample "index" (not written by the mask '
-                                                        'generator?)') from None
-        samples = [_sample_from_entry(entries[i], os.path.join(root, source)) for i in sorted(entries)]
+    entries, source = generated_samples(root, use_kept=use_kept)
+    if source is not None:
+        samples = [_sample_from_entry(e, os.path.join(root, source)) for e in entries]
     elif os.path.isdir(os.path.join(root, 'RGB')):
         samples, source = [], 'RGB/ NIR/ masks/ folders'
         for name in sorted(os.listdir(os.path.join(root, 'RGB'))):
@@ -245,7 +222,7 @@ def run_filter(generated, real, weights, arch='r100', outdir=None, threshold=AUT
     """
     from torch_utils import distributed
     world = world or distributed.World()
-    from apf.embed import EmbeddingCache, load_embedder
+    from apf.embed import EmbeddingCache, default_cache_path, load_embedder
     t0 = time.time()
     if outdir is None:
         raise ApfError('an output folder (--outdir) is required')
@@ -259,7 +236,7 @@ def run_filter(generated, real, weights, arch='r100', outdir=None, threshold=AUT
         embedder, cache_key = load_embedder(weights, arch, device=device, fp16=fp16, batch_size=batch_size,
                                             center_crop=center_crop)
     if cache is None:
-        cache = os.path.join(outdir, 'cache', f'real_embeddings-{arch}.npz')
+        cache = default_cache_path(outdir, arch)
     store = EmbeddingCache(cache or None, dict(cache_key or {}, real=os.path.abspath(real)))
     real_emb = store.embed(embedder, [(im.relpath, im.path) for im in real_images], progress=progress, log=log,
                            world=world)
@@ -331,12 +308,12 @@ def run_filter_on_ranks(gpus=None, timeout_s=900, **kwargs):
     world = distributed.from_environment()
     if world is not None or not gpus or gpus == 1:
         summary = distributed.launch(_filter_rank, args=(kwargs, None), gpus=gpus, device_type=device_type,
-                                     timeout_s=timeout_s, user_errors=(ApfError,))
+                                     timeout_s=timeout_s, user_errors=(dnnlib.util.FileError,))
         return summary if world is None or world.is_main else None
     with tempfile.TemporaryDirectory() as tmp:  # spawned ranks hand the summary back through a file
         result_file = os.path.join(tmp, 'summary.json')
         distributed.launch(_filter_rank, args=(kwargs, result_file), gpus=gpus, device_type=device_type,
-                           timeout_s=timeout_s, user_errors=(ApfError,))
+                           timeout_s=timeout_s, user_errors=(dnnlib.util.FileError,))
         with open(result_file) as f:
             return json.load(f)
 

@@ -164,7 +164,7 @@ def load_features(args, device):
 
 def make_predictor(args, models, variant):
     """``fast_torch`` keeps the fast path off the C kernel (its PyTorch fallback)."""
-    from interpreter.features import EnsemblePredictor
+    from interpreter.ensemble import EnsemblePredictor
     if variant == 'dense':
         return EnsemblePredictor(models, OUT_RES, 'bilinear', fast=False)
     kwargs = dict(models_per_pass=args.models_per_pass)  # None: the predictor's choice
@@ -187,7 +187,7 @@ def run_predictor(args, device, variant):
         times.append(t)
     out = dict(times_s=times[args.warmup:], **mem.stop())
     if variant == 'dense':  # how much of the dense time is building the feature matrix
-        from interpreter.features import dense_features
+        from interpreter.feature_maps import dense_features
         out['feature_matrix_s'] = timed(device, lambda: dense_features(feats, OUT_RES))[0]
     if variant != 'dense':
         out['kernel'] = predictor._plan.kernel is not None
@@ -223,7 +223,7 @@ def run_train(args, device):
     import torch
     import torch.nn as nn
 
-    from interpreter.features import NativeFeatureStore
+    from interpreter.feature_store import NativeFeatureStore
     hw = OUT_RES * OUT_RES
     mem = Memory(device).start()
     start = time.perf_counter()

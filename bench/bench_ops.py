@@ -126,7 +126,7 @@ def main():
     parser.add_argument('--warmup', type=int, default=None, help='untimed repetitions first (default: 5 / 1)')
     parser.add_argument('--batch', type=int, default=None, help='batch size (default: 8 on CUDA, 2 on CPU)')
     parser.add_argument('--dtype', choices=['fp32', 'fp16', 'both'], default=None,
-                        help="(default: both on CUDA, fp32 on CPU)")
+                        help='(default: both on CUDA, fp32 on CPU)')
     parser.add_argument('--channels-last', action='store_true', help='use channels_last tensors')
     parser.add_argument('--out', default=os.path.join(REPO, 'bench', 'results', 'bench_ops.json'),
                         help='JSON output path')

@@ -6,4 +6,4 @@
 from . import util
 from .util import EasyDict, make_cache_dir_path
 
-__all__ = ["EasyDict", "make_cache_dir_path", "util"]
+__all__ = ['EasyDict', 'make_cache_dir_path', 'util']

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import importlib
 import io
+import json
 import os
 import re
 import shutil
@@ -52,13 +53,13 @@ class EasyDict(dict):
 class _StreamTee:
     """Writes everything to an original stream and to the logger's file; other attributes come from the stream."""
 
-    def __init__(self, logger: "Logger", stream):
+    def __init__(self, logger: 'Logger', stream):
         self._logger = logger
         self._stream = stream
 
     def write(self, text) -> int:
         if isinstance(text, bytes):
-            text = text.decode(errors="replace")
+            text = text.decode(errors='replace')
         if len(text) == 0:  # Some writers (e.g. print with end='') emit empty strings; skip the useless flushes.
             return 0
         if self._logger.file is not None:
@@ -76,7 +77,7 @@ class _StreamTee:
             self._stream.flush()
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # Never delegate private names (avoids recursion before __init__ has run).
+        if name.startswith('_'):  # Never delegate private names (avoids recursion before __init__ has run).
             raise AttributeError(name)
         # isatty(), encoding, fileno() ... are asked by tqdm, click, faulthandler; answer for the real stream.
         return getattr(self._stream, name)
@@ -90,10 +91,10 @@ class Logger:
     resumed run appends to its log.
     """
 
-    def __init__(self, file_name: Optional[str] = None, file_mode: str = "w", should_flush: bool = True):
+    def __init__(self, file_name: Optional[str] = None, file_mode: str = 'w', should_flush: bool = True):
         self.file = None
         if file_name is not None:
-            self.file = open(file_name, file_mode, encoding="utf-8")
+            self.file = open(file_name, file_mode, encoding='utf-8')
         self.should_flush = should_flush
         self.stdout = sys.stdout
         self.stderr = sys.stderr
@@ -102,7 +103,7 @@ class Logger:
         sys.stdout = self._stdout_tee
         sys.stderr = self._stderr_tee
 
-    def __enter__(self) -> "Logger":
+    def __enter__(self) -> 'Logger':
         return self
 
     def __exit__(self, exc_type, exc_value, traceback) -> None:
@@ -136,16 +137,16 @@ class Logger:
 
 def _import_longest_prefix(name: str):
     """Import the longest importable module prefix of `name`; return (module, remaining attribute path)."""
-    parts = name.split(".")
+    parts = name.split('.')
     for split in range(len(parts), 0, -1):
-        module_name = ".".join(parts[:split])
+        module_name = '.'.join(parts[:split])
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
             # Only "this prefix is not a module" means "try a shorter prefix". A module that exists but fails to
             # import one of *its* dependencies is a real error the user must see.
-            missing = err.name or ""
-            if module_name == missing or module_name.startswith(missing + "."):
+            missing = err.name or ''
+            if module_name == missing or module_name.startswith(missing + '.'):
                 continue
             raise
         return module, parts[split:]
@@ -158,8 +159,8 @@ def get_obj_by_name(name: str) -> Any:
     The longest importable prefix is imported as a module and the rest is looked up as (nested) attributes.
     A single bare name is looked up among the builtins.
     """
-    if not isinstance(name, str) or not name or any(part == "" for part in name.split(".")):
-        raise ValueError(f"Invalid object name: {name!r}")
+    if not isinstance(name, str) or not name or any(part == '' for part in name.split('.')):
+        raise ValueError(f'Invalid object name: {name!r}')
     module, attrs = _import_longest_prefix(name)
     if module is None:
         import builtins
@@ -170,25 +171,25 @@ def get_obj_by_name(name: str) -> Any:
         try:
             obj = getattr(obj, attr)
         except AttributeError:
-            found = ".".join([module.__name__] + attrs[:idx]) if module.__name__ != "builtins" else "builtins"
-            raise ImportError(f"Cannot find {name!r}: {found!r} has no attribute {attr!r}") from None
+            found = '.'.join([module.__name__] + attrs[:idx]) if module.__name__ != 'builtins' else 'builtins'
+            raise ImportError(f'Cannot find {name!r}: {found!r} has no attribute {attr!r}') from None
     return obj
 
 
 def call_func_by_name(*args, func_name: str = None, **kwargs) -> Any:
     """Look up a callable by dotted name and call it with the given arguments."""
     if func_name is None:
-        raise TypeError("call_func_by_name() needs func_name")
+        raise TypeError('call_func_by_name() needs func_name')
     func = get_obj_by_name(func_name)
     if not callable(func):
-        raise TypeError(f"{func_name!r} is not callable")
+        raise TypeError(f'{func_name!r} is not callable')
     return func(*args, **kwargs)
 
 
 def construct_class_by_name(*args, class_name: str = None, **kwargs) -> Any:
     """Instantiate a class given by dotted name; how configs build datasets, networks, losses and optimisers."""
     if class_name is None:
-        raise TypeError("construct_class_by_name() needs class_name")
+        raise TypeError('construct_class_by_name() needs class_name')
     return call_func_by_name(*args, func_name=class_name, **kwargs)
 
 
@@ -196,8 +197,8 @@ def get_module_from_obj_name(obj_name: str):
     """Return (module, attribute path string) for a dotted name, as used by the functions above."""
     module, attrs = _import_longest_prefix(obj_name)
     if module is None:
-        raise ImportError(f"No importable module in {obj_name!r}")
-    return module, ".".join(attrs)
+        raise ImportError(f'No importable module in {obj_name!r}')
+    return module, '.'.join(attrs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -217,13 +218,13 @@ def make_cache_dir_path(*paths: str) -> str:
     $HOME/.cache/dnnlib, %USERPROFILE%/.cache/dnnlib, then <tempdir>/.cache/dnnlib."""
     if _dnnlib_cache_dir is not None:
         return os.path.join(_dnnlib_cache_dir, *paths)
-    if os.environ.get("DNNLIB_CACHE_DIR"):
-        return os.path.join(os.environ["DNNLIB_CACHE_DIR"], *paths)
-    if os.environ.get("HOME"):
-        return os.path.join(os.environ["HOME"], ".cache", "dnnlib", *paths)
-    if os.environ.get("USERPROFILE"):
-        return os.path.join(os.environ["USERPROFILE"], ".cache", "dnnlib", *paths)
-    return os.path.join(tempfile.gettempdir(), ".cache", "dnnlib", *paths)
+    if os.environ.get('DNNLIB_CACHE_DIR'):
+        return os.path.join(os.environ['DNNLIB_CACHE_DIR'], *paths)
+    if os.environ.get('HOME'):
+        return os.path.join(os.environ['HOME'], '.cache', 'dnnlib', *paths)
+    if os.environ.get('USERPROFILE'):
+        return os.path.join(os.environ['USERPROFILE'], '.cache', 'dnnlib', *paths)
+    return os.path.join(tempfile.gettempdir(), '.cache', 'dnnlib', *paths)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -234,25 +235,25 @@ def format_time(seconds: float) -> str:
     """Compact duration: '7s', '2m 05s', '1h 02m 03s', '3d 04h 05m' (rounded to whole seconds)."""
     s = int(round(seconds))
     if s < 60:
-        return f"{s}s"
+        return f'{s}s'
     if s < 60 * 60:
-        return f"{s // 60}m {s % 60:02d}s"
+        return f'{s // 60}m {s % 60:02d}s'
     if s < 24 * 60 * 60:
-        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
-    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
+        return f'{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s'
+    return f'{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m'
 
 
 def format_bytes(num_bytes: float) -> str:
     """Human-readable size with binary units: '512 B', '1.5 KiB', '3.2 GiB'."""
-    sign = "-" if num_bytes < 0 else ""
+    sign = '-' if num_bytes < 0 else ''
     value = float(abs(num_bytes))
     if value < 1024:
-        return f"{sign}{int(value)} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        return f'{sign}{int(value)} B'
+    for unit in ('KiB', 'MiB', 'GiB', 'TiB', 'PiB'):
         value /= 1024
-        if value < 1024 or unit == "PiB":
-            return f"{sign}{value:.1f} {unit}"
-    raise AssertionError("unreachable")
+        if value < 1024 or unit == 'PiB':
+            return f'{sign}{value:.1f} {unit}'
+    raise AssertionError('unreachable')
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -260,16 +261,16 @@ def format_bytes(num_bytes: float) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "wb", fsync: bool = False, **open_kwargs):
+def atomic_write(path, mode: str = 'wb', fsync: bool = False, **open_kwargs):
     """Open `path + '.tmp-<pid>'` for writing and rename it to `path` only when the block succeeds.
 
     A crash or an exception therefore never leaves a half-written file under the final name (an old file there stays
     intact), and the temporary file is removed on failure. `fsync=True` also survives power loss, at some cost.
     """
-    if "w" not in mode or any(c in mode for c in "ax"):
+    if 'w' not in mode or any(c in mode for c in 'ax'):
         raise ValueError(f"atomic_write needs a 'w' mode, got {mode!r}")
     path = os.fspath(path)
-    tmp_path = f"{path}.tmp-{os.getpid()}"
+    tmp_path = f'{path}.tmp-{os.getpid()}'
     f = open(tmp_path, mode, **open_kwargs)
     try:
         yield f
@@ -290,7 +291,7 @@ def copy_atomic(src, dst) -> None:
     hard link where the file system allows one (no bytes copied; the files the project writes are only ever replaced
     by renaming, never changed in place, so sharing the data is safe)."""
     dst = os.fspath(dst)
-    tmp_path = f"{dst}.tmp-{os.getpid()}"
+    tmp_path = f'{dst}.tmp-{os.getpid()}'
     try:
         try:
             os.link(src, tmp_path)
@@ -303,7 +304,24 @@ def copy_atomic(src, dst) -> None:
         raise
 
 
-_TMP_SUFFIX_RE = re.compile(r"\.tmp-\d+$")
+_TMP_SUFFIX_RE = re.compile(r'\.tmp-\d+$')
+
+
+def read_jsonl(path, error=None, skip_bad_lines=False):
+    """``[(line number, value), ...]`` of a JSON-lines file, blank lines left out. A line that is not JSON raises
+    ``error(path, 'line N is not valid JSON (...)')`` (``error`` defaults to `FileError`), or is left out too with
+    ``skip_bad_lines`` (e.g. a line cut short by a crash)."""
+    entries = []
+    with open(path, encoding='utf-8') as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                entries.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                if not skip_bad_lines:
+                    raise (error or FileError)(path, f'line {n} is not valid JSON ({e.msg})') from None
+    return entries
 
 
 def remove_path(path) -> None:
@@ -320,8 +338,8 @@ def swap_in(staged, dest) -> None:
     is first renamed aside and removed only after the new one is in place, so ``dest`` is never a mixture."""
     staged, dest = os.fspath(staged), os.fspath(dest)
     old = None
-    if os.path.isdir(dest) and not os.path.islink(dest):
-        old = f"{dest}.old-{os.getpid()}"
+    if os.path.islink(dest) or os.path.isdir(dest):  # a link is replaced, not followed
+        old = f'{dest}.old-{os.getpid()}'
         remove_path(old)
         os.replace(dest, old)
     os.replace(staged, dest)
@@ -336,7 +354,7 @@ def staged_folder(dest):
     untouched. Missing parent folders are created."""
     dest = os.path.abspath(os.fspath(dest))
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    stage = f"{dest}.tmp-{os.getpid()}"
+    stage = f'{dest}.tmp-{os.getpid()}'
     remove_path(stage)
     os.mkdir(stage)
     try:
@@ -359,10 +377,10 @@ class OfflineDownloadError(IOError):
         self.reason = reason
         self.cache_path = cache_path
         if cache_path is not None:
-            how = f"download it elsewhere and place it at {cache_path}, or pass a local file path instead of the URL"
+            how = f'download it elsewhere and place it at {cache_path}, or pass a local file path instead of the URL'
         else:
-            how = "download it elsewhere and pass its local file path instead of the URL"
-        super().__init__(f"Download of {url} failed ({reason}); to work offline, {how}.")
+            how = 'download it elsewhere and pass its local file path instead of the URL'
+        super().__init__(f'Download of {url} failed ({reason}); to work offline, {how}.')
 
     def __reduce__(self):  # Keep the exception picklable across processes (DataLoader workers, spawn).
         return (type(self), (self.url, self.reason, self.cache_path))
@@ -370,30 +388,30 @@ class OfflineDownloadError(IOError):
 
 def is_url(obj: Any, allow_file_urls: bool = False) -> bool:
     """True if `obj` is a string that looks like a network URL (`scheme://host...`); file:// only if allowed."""
-    if not isinstance(obj, str) or "://" not in obj:
+    if not isinstance(obj, str) or '://' not in obj:
         return False
-    if obj.startswith("file://"):
+    if obj.startswith('file://'):
         return allow_file_urls
     try:
         parsed = urllib.parse.urlparse(obj)
     except ValueError:
         return False
-    return bool(re.fullmatch(r"[a-z][a-z0-9+.-]*", parsed.scheme)) and bool(parsed.netloc)
+    return bool(re.fullmatch(r'[a-z][a-z0-9+.-]*', parsed.scheme)) and bool(parsed.netloc)
 
 
 def _file_url_to_path(url: str) -> str:
     parsed = urllib.parse.urlparse(url)
-    if parsed.netloc not in ("", "localhost"):
-        raise ValueError(f"Unsupported file URL {url!r}: use file:///absolute/path (no host name)")
+    if parsed.netloc not in ('', 'localhost'):
+        raise ValueError(f'Unsupported file URL {url!r}: use file:///absolute/path (no host name)')
     path = urllib.parse.unquote(parsed.path)
-    if re.match(r"^/[a-zA-Z]:", path):  # file:///C:/x -> C:/x on Windows.
+    if re.match(r'^/[a-zA-Z]:', path):  # file:///C:/x -> C:/x on Windows.
         path = path[1:]
     return path
 
 
 def _sanitise_file_name(name: str) -> str:
-    name = re.sub(r"[^0-9a-zA-Z\-._]", "_", name)
-    return name if name.strip("._") else "download"
+    name = re.sub(r'[^0-9a-zA-Z\-._]', '_', name)
+    return name if name.strip('._') else 'download'
 
 
 def _url_file_name(url: str) -> str:
@@ -406,26 +424,26 @@ def _content_disposition_name(header: Optional[str]) -> Optional[str]:
     match = re.search(r"filename\*\s*=\s*[^']*'[^']*'([^;]+)", header)  # RFC 5987 form, e.g. UTF-8''name.pkl
     if match:
         return urllib.parse.unquote(match.group(1).strip().strip('"'))
-    match = re.search(r'filename\s*=\s*"([^"]*)"', header) or re.search(r"filename\s*=\s*([^;]+)", header)
+    match = re.search(r'filename\s*=\s*"([^"]*)"', header) or re.search(r'filename\s*=\s*([^;]+)', header)
     return os.path.basename(match.group(1).strip()) if match else None
 
 
 def _describe_error(err: BaseException) -> str:
     """A short, single-line reason for a failed request."""
-    text = " ".join(str(err).split())
-    status = getattr(getattr(err, "response", None), "status_code", None)
+    text = ' '.join(str(err).split())
+    status = getattr(getattr(err, 'response', None), 'status_code', None)
     if status is not None:
-        reason = getattr(err.response, "reason", "") or ""
-        return f"HTTP {status} {reason}".strip()
-    if "NameResolutionError" in text or "Name or service not known" in text or "getaddrinfo failed" in text:
-        return "cannot resolve the host name; no network?"
+        reason = getattr(err.response, 'reason', '') or ''
+        return f'HTTP {status} {reason}'.strip()
+    if 'NameResolutionError' in text or 'Name or service not known' in text or 'getaddrinfo failed' in text:
+        return 'cannot resolve the host name; no network?'
     match = re.search(r"\[Errno -?\d+\] [^'\")]+", text) or re.search(r"\[WinError -?\d+\] [^'\")]+", text)
     if match:
         return match.group(0).strip()
-    if "timed out" in text.lower():
-        return "connection timed out"
+    if 'timed out' in text.lower():
+        return 'connection timed out'
     text = text or type(err).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    return text if len(text) <= 200 else text[:197] + '...'
 
 
 class _BadResponseError(Exception):
@@ -439,29 +457,29 @@ _HTML_SNIFF_LIMIT = 8192  # A response this small that is an HTML page is an err
 
 def _looks_like_html(head: bytes) -> bool:
     head = head.lstrip().lower()
-    return head.startswith(b"<!doctype html") or head.startswith(b"<html")
+    return head.startswith(b'<!doctype html') or head.startswith(b'<html')
 
 
 def _download(session, url: str, timeout: float, verbose: bool, sink_factory):
     """One attempt: stream `url` into the sink given by `sink_factory(file_name)`; return the file name."""
     with session.get(url, stream=True, timeout=timeout, allow_redirects=True) as res:
         res.raise_for_status()
-        file_name = _content_disposition_name(res.headers.get("Content-Disposition"))
+        file_name = _content_disposition_name(res.headers.get('Content-Disposition'))
         file_name = _sanitise_file_name(file_name) if file_name else _url_file_name(url)
-        total = res.headers.get("Content-Length")
+        total = res.headers.get('Content-Length')
         total = int(total) if total and total.isdigit() else None
         progress = None
         if verbose:
             try:
                 from tqdm import tqdm
 
-                progress = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+                progress = tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, leave=False,
                                 desc=file_name[:40], file=sys.stderr)
             except ImportError:
                 progress = None
         try:
             with sink_factory(file_name) as sink:
-                head = b""
+                head = b''
                 size = 0
                 for chunk in res.iter_content(chunk_size=1 << 20):
                     if not chunk:
@@ -474,11 +492,11 @@ def _download(session, url: str, timeout: float, verbose: bool, sink_factory):
                         progress.update(len(chunk))
                 # Raising inside the sink discards the partial data (atomic_write removes its temp file).
                 if size == 0:
-                    raise _BadResponseError("the server sent no data")
+                    raise _BadResponseError('the server sent no data')
                 if total is not None and size != total:
-                    raise _BadResponseError(f"incomplete download: {size} of {total} bytes")
+                    raise _BadResponseError(f'incomplete download: {size} of {total} bytes')
                 if size < _HTML_SNIFF_LIMIT and _looks_like_html(head):
-                    raise _BadResponseError("the server sent an HTML page instead of the file (quota/login/error page)")
+                    raise _BadResponseError('the server sent an HTML page instead of the file (quota/login/error page)')
         finally:
             if progress is not None:
                 progress.close()
@@ -496,33 +514,33 @@ def open_url(url, cache_dir: Optional[str] = None, num_attempts: int = 10, verbo
     A failed download raises OfflineDownloadError saying where to place the file.
     """
     if num_attempts < 1:
-        raise ValueError("num_attempts must be at least 1")
+        raise ValueError('num_attempts must be at least 1')
     if return_filename and not cache:
-        raise ValueError("return_filename=True needs cache=True")
+        raise ValueError('return_filename=True needs cache=True')
     url = os.fspath(url)
 
     # Local paths and file:// URLs.
-    if not re.match(r"^[a-z][a-z0-9+.-]*://", url):
+    if not re.match(r'^[a-z][a-z0-9+.-]*://', url):
         path = url
-    elif url.startswith("file://"):
+    elif url.startswith('file://'):
         path = _file_url_to_path(url)
     else:
         path = None
     if path is not None:
         if os.path.isdir(path):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory, not a file", path)
+            raise IsADirectoryError(errno.EISDIR, 'Is a directory, not a file', path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(errno.ENOENT, "No such file", path)
-        return path if return_filename else open(path, "rb")
+            raise FileNotFoundError(errno.ENOENT, 'No such file', path)
+        return path if return_filename else open(path, 'rb')
 
     # Cached copy?
     if cache_dir is None:
-        cache_dir = make_cache_dir_path("downloads")
+        cache_dir = make_cache_dir_path('downloads')
     cache_dir = os.fspath(cache_dir)
-    url_md5 = hashlib.md5(url.encode("utf-8")).hexdigest()
-    expected_path = os.path.join(cache_dir, f"{url_md5}_{_url_file_name(url)}")
+    url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
+    expected_path = os.path.join(cache_dir, f'{url_md5}_{_url_file_name(url)}')
     if cache:
-        prefix = url_md5 + "_"
+        prefix = url_md5 + '_'
         matches = []
         if os.path.isdir(cache_dir):
             matches = sorted(os.path.join(cache_dir, name) for name in os.listdir(cache_dir)
@@ -530,7 +548,7 @@ def open_url(url, cache_dir: Optional[str] = None, num_attempts: int = 10, verbo
         if len(matches) > 1 and expected_path in matches:
             matches = [expected_path]
         if len(matches) == 1:
-            return matches[0] if return_filename else open(matches[0], "rb")
+            return matches[0] if return_filename else open(matches[0], 'rb')
 
     # Download.
     try:
@@ -539,7 +557,7 @@ def open_url(url, cache_dir: Optional[str] = None, num_attempts: int = 10, verbo
         raise OfflineDownloadError(url, "the 'requests' package is not installed",
                                    expected_path if cache else None) from None
     if verbose:
-        print(f"Downloading {url} ...", file=sys.stderr, flush=True)
+        print(f'Downloading {url} ...', file=sys.stderr, flush=True)
     if cache:
         os.makedirs(cache_dir, exist_ok=True)
     buffer = io.BytesIO()
@@ -551,8 +569,8 @@ def open_url(url, cache_dir: Optional[str] = None, num_attempts: int = 10, verbo
             buffer.seek(0)
             buffer.truncate()
             return contextlib.nullcontext(buffer)
-        final_path = os.path.join(cache_dir, f"{url_md5}_{file_name}")
-        return atomic_write(final_path, "wb", fsync=True)
+        final_path = os.path.join(cache_dir, f'{url_md5}_{file_name}')
+        return atomic_write(final_path, 'wb', fsync=True)
 
     with requests.Session() as session:
         for attempt in range(1, num_attempts + 1):
@@ -561,19 +579,19 @@ def open_url(url, cache_dir: Optional[str] = None, num_attempts: int = 10, verbo
                 break
             except (requests.RequestException, _BadResponseError) as err:
                 reason = _describe_error(err)
-                status = getattr(getattr(err, "response", None), "status_code", None)
+                status = getattr(getattr(err, 'response', None), 'status_code', None)
                 permanent = status is not None and 400 <= status < 500 and status not in (408, 429)
                 if attempt == num_attempts or permanent:
                     raise OfflineDownloadError(url, reason, expected_path if cache else None) from err
                 if verbose:
-                    print(f"  attempt {attempt}/{num_attempts} failed ({reason}); retrying", file=sys.stderr,
+                    print(f'  attempt {attempt}/{num_attempts} failed ({reason}); retrying', file=sys.stderr,
                           flush=True)
                 time.sleep(min(_RETRY_DELAY_S * attempt, 1.0))
 
     if not cache:
         buffer.seek(0)
         return buffer
-    return final_path if return_filename else open(final_path, "rb")
+    return final_path if return_filename else open(final_path, 'rb')
 
 
 class FileError(ValueError):
@@ -588,4 +606,4 @@ class FileError(ValueError):
         super().__init__(self.file, self.problem)
 
     def __str__(self):
-        return self.problem if self.file is None else f"{self.file}: {self.problem}"
+        return self.problem if self.file is None else f'{self.file}: {self.problem}'

@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import dnnlib
+from interpreter.generator_layout import feature_channels
 
 
 class ConfigError(ValueError):
@@ -162,7 +163,8 @@ class InterpreterConfig:
             raise ConfigError(f'{self._where()}: {key}: {path} not found{hint}')
 
     def check_generator(self, G, features: bool = False) -> None:
-        """Check the generator against ``resolution``, ``expand_to_dimensions`` and, with ``features``, ``dim[2]``."""
+        """Check the generator against ``resolution`` and ``expand_to_dimensions``, that it is unconditional and,
+        with ``features``, against ``dim[2]``."""
         where = self._where()
         if G.img_resolution != self.resolution:
             origin = f'category {self.category!r} means' if self.category else 'the config asks for'
@@ -171,11 +173,13 @@ class InterpreterConfig:
         if self.expand_to_dimensions is not None and self.expand_to_dimensions != G.num_ws:
             raise ConfigError(f'{where}: expand_to_dimensions: {self.expand_to_dimensions} does not match the '
                               f'generator, which takes {G.num_ws} ws')
+        if G.c_dim > 0:
+            raise ConfigError(f'{self.stylegan_checkpoint}: the generator is conditional (c_dim={G.c_dim}); the '
+                              f'interpreter needs an unconditional one')
         if features:
-            from interpreter.latents import feature_channels  # late import: latents imports this module
             total = sum(feature_channels(G))
             if total != self.dim[2]:
-                raise ConfigError(f'{where}: dim: dim[2] = {self.dim[2]} but the generator\'s feature maps have '
+                raise ConfigError(f"{where}: dim: dim[2] = {self.dim[2]} but the generator's feature maps have "
                                   f'{total} channels in all')
 
     def to_dict(self) -> Dict[str, Any]:
@@ -360,7 +364,7 @@ def load_config(path, overrides: Optional[Dict[str, Any]] = None, *,
             or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dim)):
         check.fail('dim', f'expected [height, width, feature channels] (three positive integers), got {dim!r}')
     if dim[0] != dim[1]:
-        check.fail('dim', f'{list(dim)}: height and width must be equal (the originals\' non-square path was broken)')
+        check.fail('dim', f"{list(dim)}: height and width must be equal (the originals' non-square path was broken)")
     kw['dim'] = tuple(dim)
     category = values.get('category')
     if category is not None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import dnnlib
-from interpreter import features as features_module
+from interpreter import ensemble
 from interpreter import latents as latents_module
 from interpreter.train import AnnotatedSet, AnnotationSetError, train_classifier
 from segmentation.data import read_mask
@@ -44,16 +44,9 @@ def make_folds(n: int, folds: Optional[int] = None, seed: int = 0) -> List[List[
 class _TrainingView:
     """The annotated set restricted to some samples, as ``train_classifier`` reads it (masks, store, sizes)."""
 
-    class _Store:
-        def __init__(self, store, keep):
-            self.store, self.keep = store, torch.as_tensor(keep, dtype=torch.long)
-
-        def gather(self, sample_idx, pixel_index, out_res=None, mode=None):
-            return self.store.gather(self.keep[sample_idx], pixel_index, out_res, mode)
-
     def __init__(self, data, keep):
         self.masks = data.masks[keep]
-        self.store = self._Store(data.store, keep)
+        self.store = data.store.subset(keep)
         self.num_class, self.out_res = data.num_class, data.out_res
 
     def __len__(self):
@@ -90,6 +83,9 @@ def cross_validate(cfg, folds: Optional[int] = None, device=None, stop_rule='ori
     cfg.check_generator(G, features=True)
     data = AnnotatedSet(cfg, G, device, progress=progress)
     n, k = len(data), data.num_class
+    if n < 2:  # the user's annotation set, not a wrong call of make_folds
+        raise AnnotationSetError(f'{cfg.annotation_mask_path}: cross-validation needs at least 2 annotated samples, '
+                                 f'got {n}')
     parts = make_folds(n, folds, cfg.seed)
     model_num = model_num or cfg.model_num
     names = list(class_names) if class_names else [str(c) for c in range(k)]
@@ -102,7 +98,7 @@ def cross_validate(cfg, folds: Optional[int] = None, device=None, stop_rule='ori
         view = _TrainingView(data, keep)
         models = [train_classifier(view, cfg, m, device, stop_rule=stop_rule, progress=progress,
                                    log=lambda s: None).to(device) for m in range(model_num)]
-        predictor = features_module.EnsemblePredictor(models, out_res=data.out_res, mode=cfg.upsample_mode)
+        predictor = ensemble.EnsemblePredictor(models, out_res=data.out_res, mode=cfg.upsample_mode)
         for i in held:
             _, _, feats = data.synthesize(G, i)
             labels = predictor([x[0] for x in feats]).labels.cpu()

@@ -15,6 +15,8 @@ Layout of the output folder::
     RGB/{i:06d}.png  NIR/{i:06d}.png  masks/{i:06d}.png (class ids)  masks_color/{i:06d}.png
     metadata-{start:06d}-{end:06d}.jsonl   one JSON line per sample: index, seed, z, uncertainty score, files
     kept.jsonl / rejected.jsonl             after filter_by_uncertainty(): the samples kept and dropped
+
+``read_sample_list`` / ``generated_samples`` are the one reader of these lists for every later step.
 """
 
 import glob
@@ -27,9 +29,8 @@ import PIL.Image
 
 import dnnlib
 from interpreter import classifier as classifier_module
-from interpreter import features as features_module
+from interpreter import ensemble, visualize
 from interpreter import latents as latents_module
-from interpreter import visualize
 from torch_utils import distributed
 
 SUBDIRS = ('RGB', 'NIR', 'masks', 'masks_color')
@@ -45,13 +46,50 @@ def _write_png(path, array, mode):
         PIL.Image.fromarray(array, mode).save(f, 'PNG')
 
 
+class SampleListError(dnnlib.util.FileError):
+    """A list of generated samples (``metadata-*.jsonl``, ``kept.jsonl``) that the generator did not write."""
+
+
+def read_sample_list(path, skip_cut_lines=False):
+    """The entries of a list of generated samples (a ``metadata-*.jsonl`` shard, ``kept.jsonl``, ``rejected.jsonl``)
+    in file order: one JSON object per line, each with its integer sample ``index``. ``skip_cut_lines``: a line that
+    is not JSON is skipped (in a shard, a line cut by a crash: that sample is simply redone), not an error."""
+    entries = []
+    for n, entry in dnnlib.util.read_jsonl(path, SampleListError, skip_bad_lines=skip_cut_lines):
+        if not isinstance(entry, dict) or type(entry.get('index')) is not int:
+            raise SampleListError(path, f'line {n} has no sample "index" (not a kept.jsonl / metadata-*.jsonl '
+                                        'line of the mask generator?)')
+        entries.append(entry)
+    return entries
+
+
 def finished_samples(out_dir):
     """``{index: metadata entry}`` of every sample of ``out_dir`` whose line is in a ``metadata-*.jsonl`` shard (a line
     cut by a crash is skipped: that sample counts as not done)."""
+    return _by_index(sorted(glob.glob(os.path.join(out_dir, 'metadata-*.jsonl'))))
+
+
+def _by_index(shards):
+    """``{index: entry}`` over the shard files ``shards`` that exist (a later line of an index wins)."""
     done = {}
-    for path in sorted(glob.glob(os.path.join(out_dir, 'metadata-*.jsonl'))):
-        done.update(_read_entries(path))
+    for path in shards:
+        if os.path.isfile(path):
+            done.update((e['index'], e) for e in read_sample_list(path, skip_cut_lines=True))
     return done
+
+
+def generated_samples(out_dir, use_kept=True):
+    """``(entries, source)``: the samples of the generated folder ``out_dir`` and the list they come from:
+    ``'kept.jsonl'`` (the samples that passed the uncertainty filter, in its order) when it is there and
+    ``use_kept``, else ``'metadata-*.jsonl'`` (every finished sample, by index), else ``([], None)``."""
+    kept = os.path.join(out_dir, 'kept.jsonl')
+    if use_kept and os.path.isfile(kept):
+        return read_sample_list(kept), 'kept.jsonl'
+    shards = sorted(glob.glob(os.path.join(out_dir, 'metadata-*.jsonl')))
+    if shards:
+        done = _by_index(shards)
+        return [done[i] for i in sorted(done)], 'metadata-*.jsonl'
+    return [], None
 
 
 def _shard_path(out_dir, start, end, rank=None):
@@ -68,11 +106,7 @@ def _finish(out_dir, start, end, log):
     ranks' files merged, a line cut by a crash dropped), and no temporary file of theirs left behind."""
     final = _shard_path(out_dir, start, end)
     rank_files = sorted(glob.glob(_shard_path(out_dir, start, end, rank='*')))
-    entries = {}
-    for path in [final] + rank_files:
-        if os.path.isfile(path):
-            entries.update(_read_entries(path))
-    entries = {i: e for i, e in entries.items() if start <= i <= end}
+    entries = {i: e for i, e in _by_index([final] + rank_files).items() if start <= i <= end}
     text = ''.join(json.dumps(entries[i]) + '\n' for i in sorted(entries))
     current = open(final).read() if os.path.isfile(final) else None
     if text != current:
@@ -86,21 +120,6 @@ def _finish(out_dir, start, end, log):
         os.remove(path)
     if rank_files:
         log(f'merged the metadata of {len(rank_files)} ranks into {os.path.basename(final)}')
-
-
-def _read_entries(path):
-    done = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a crash: that sample is simply redone
-                continue
-            done[int(entry['index'])] = entry
-    return done
 
 
 def generate_dataset(cfg, resume_dir, num_sample, start_step=0, out_dir=None, seed=None, device=None, fast=True,
@@ -120,8 +139,8 @@ def generate_dataset(cfg, resume_dir, num_sample, start_step=0, out_dir=None, se
     G = latents_module.load_generator(cfg.stylegan_checkpoint, key=cfg.generator_key, device=device)
     cfg.check_generator(G, features=True)
     average = latents_module.load_average_latent(cfg.average_latent, G) if cfg.average_latent else None
-    predictor = features_module.EnsemblePredictor(models, out_res=cfg.dim[1], mode=cfg.upsample_mode, fast=fast,
-                                                  top_fraction=cfg.uncertainty_top_fraction)
+    predictor = ensemble.EnsemblePredictor(models, out_res=cfg.dim[1], mode=cfg.upsample_mode, fast=fast,
+                                           top_fraction=cfg.uncertainty_top_fraction)
     for sub in SUBDIRS:
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     done = finished_samples(out_dir)
@@ -190,7 +209,7 @@ def generate_on_ranks(cfg, resume_dir, num_sample, start_step=0, out_dir=None, d
     device_type = latents_module.pick_device(device).type
     distributed.launch(_generate_rank, args=(cfg, resume_dir, num_sample, start_step, out_dir, device, fast, progress),
                        gpus=gpus, device_type=device_type, timeout_s=timeout_s,
-                       user_errors=(CheckpointError, ConfigError, FileNotFoundError))
+                       user_errors=(CheckpointError, ConfigError, FileNotFoundError, SampleListError))
 
 
 def select_by_uncertainty(scores, portion, skip_lowest=0):
@@ -213,7 +232,7 @@ def filter_by_uncertainty(out_dir, portion, skip_lowest=0):
     """Write ``kept.jsonl`` and ``rejected.jsonl`` for every sample in ``out_dir``; returns their counts."""
     entries = sorted(finished_samples(out_dir).values(), key=lambda e: e['index'])
     if not entries:
-        raise ValueError(f'{out_dir}: no generated samples (no metadata-*.jsonl lines)')
+        raise SampleListError(out_dir, 'no generated samples (no metadata-*.jsonl lines)')
     kept, rejected = select_by_uncertainty([e['uncertainty_score'] for e in entries], portion, skip_lowest)
     for name, chosen in (('kept.jsonl', kept), ('rejected.jsonl', rejected)):
         with dnnlib.util.atomic_write(os.path.join(out_dir, name), 'w') as f:

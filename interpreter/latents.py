@@ -6,6 +6,7 @@ the features the classifiers learn from belong together: same generator (``gener
 noise (``noise_mode='const'`` by default; the originals drew fresh random noise on every call) and float32 blocks.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -54,15 +55,6 @@ def load_generator(path, key: str = 'G_ema', device='cpu'):
     if getattr(G, 'nir_channels', 0) < 1:
         raise legacy.CheckpointError(f'{path}: {key} has no NIR head')
     return G.eval().requires_grad_(False).to(device)
-
-
-def feature_channels(G):
-    """Channels of each feature map ``G.synthesis(..., return_features=True)`` returns, in order ([x0, x] per block)."""
-    out = []
-    for res in G.synthesis.block_resolutions:
-        c = getattr(G.synthesis, f'b{res}').conv1.out_channels
-        out += [c, c]
-    return out
 
 
 def sample_latents(G, num: int, seed: int) -> np.ndarray:
@@ -219,9 +211,6 @@ def make_training_data(cfg, sv_path, num_sample: int = 100, seed: Optional[int] 
     device = pick_device(device)
     G = load_generator(cfg.stylegan_checkpoint, cfg.generator_key, device)
     cfg.check_generator(G)
-    if G.c_dim > 0:
-        raise ConfigError(f'{cfg.stylegan_checkpoint}: the generator is conditional (c_dim={G.c_dim}); the '
-                          f'interpreter needs an unconditional one')
     if getattr(G, '_fresh_nir_head', False):
         warnings.warn(f'{cfg.stylegan_checkpoint}: the NIR head was initialised fresh (single-branch pickle); '
                       f'the NIR images are not meaningful')
@@ -259,13 +248,11 @@ def make_training_data(cfg, sv_path, num_sample: int = 100, seed: Optional[int] 
         if copy_json:
             shutil.copyfile(cfg.source, os.path.join(stage, json_name))
 
-        # Move into place: the images folder as a whole (no stale image_{i} of a longer earlier run survives).
-        final_dir = os.path.join(sv_path, IMAGES_DIR)
-        if os.path.lexists(final_dir):
-            os.rename(final_dir, os.path.join(stage, 'replaced_' + IMAGES_DIR))
-        os.rename(img_dir, final_dir)
-        for name in [LATENT_FILE, W_FILE, AVG_FILE, SETTINGS_FILE] + ([json_name] if copy_json else []):
-            os.replace(os.path.join(stage, name), os.path.join(sv_path, name))
+        # Everything is written; swap it in, the images folder as a whole (no stale image_{i} of a longer earlier
+        # run survives), in quick renames after the slow part.
+        for name in [IMAGES_DIR, LATENT_FILE, W_FILE, AVG_FILE, SETTINGS_FILE] + ([json_name] if copy_json else []):
+            dnnlib.util.swap_in(os.path.join(stage, name), os.path.join(sv_path, name))
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a leftover hidden scratch folder must not hide the real outcome
+            dnnlib.util.remove_path(stage)
     return dict(sv_path=sv_path, num_sample=num_sample, seed=seed, device=str(device), image_format=ext)

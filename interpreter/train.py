@@ -18,9 +18,8 @@ import torch.nn.functional as F
 
 import dnnlib
 from interpreter import classifier as classifier_module
-from interpreter import features as features_module
+from interpreter import feature_store, visualize
 from interpreter import latents as latents_module
-from interpreter import visualize
 
 STOP_RULES = ('original', 'smoothed')
 
@@ -82,8 +81,7 @@ class AnnotatedSet:
                                for i in range(len(latents))])
         self.cfg, self.device = cfg, device
         self.average = latents_module.load_average_latent(cfg.average_latent, G) if cfg.average_latent else None
-        self.store = features_module.NativeFeatureStore(out_res=out_res, mode=cfg.upsample_mode,
-                                                        capacity=len(latents))
+        self.store = feature_store.NativeFeatureStore(out_res=out_res, mode=cfg.upsample_mode, capacity=len(latents))
         self.rgb, self.nir = [], []
         iterator = range(len(latents))
         if progress:
@@ -122,11 +120,6 @@ class AnnotatedSet:
         return img, nir, feats
 
 
-def _gather_batch(store, masks_flat, index, hw, out_res, mode):
-    """Features [B, D] and labels [B] for flat indices over (sample, pixel)."""
-    return store.gather(index // hw, index % hw, out_res, mode), masks_flat[index]
-
-
 def train_classifier(data, cfg, model_idx, device, stop_rule='original', progress=True, log=print):
     """Train one pixel classifier of the ensemble; returns it (eval mode, on the CPU)."""
     if stop_rule not in STOP_RULES:
@@ -137,7 +130,6 @@ def train_classifier(data, cfg, model_idx, device, stop_rule='original', progres
     model.init_weights(generator=generator)  # the originals' N(0, 0.02) init; the constructor leaves torch's
     model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    hw = data.out_res * data.out_res
     masks_flat = torch.from_numpy(data.masks.reshape(-1))
     total = masks_flat.numel()
 
@@ -151,7 +143,8 @@ def train_classifier(data, cfg, model_idx, device, stop_rule='original', progres
             batches = tqdm(batches, desc=f'model {model_idx} epoch {epoch}', unit='batch', leave=False,
                            dynamic_ncols=True)
         for index in batches:
-            x, y = _gather_batch(data.store, masks_flat, index, hw, data.out_res, cfg.upsample_mode)
+            # index: flat over (sample, pixel), the same rows of the store's training matrix and of the masks
+            x, y = data.store.gather_flat(index), masks_flat[index]
             loss = F.cross_entropy(model(x.to(device)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,13 +1,15 @@
 """The whole pipeline on the built-in demo eyes, on a CPU, as a sequence of the real commands.
 
 Each step runs the project's own command line in a subprocess (so the demo shows exactly what a user types), with
-its output in ``<outdir>/logs/<step>.log``; the annotation step trains ``pipeline.auto_annotate``'s U-Net on the demo
-set's true masks and lets it stand in for a person.
+its output in ``<outdir>/logs/<step>.log``; what the demo shows of a step (GAN ticks, final losses, counts, scores) it
+reads from the files the step writes, never from that output. The annotation step trains ``pipeline.auto_annotate``'s
+U-Net on the demo set's true masks and lets it stand in for a person.
 Finished steps are recorded in ``<outdir>/demo_state.json`` and skipped when the demo is run again (an interrupted
 GAN training continues from its last snapshot). At the end: ``overview.png`` (annotated and generated pairs: RGB,
 NIR, mask) and ``summary.json`` / ``summary.md`` (time per step, the commands, where the files are).
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -23,7 +25,7 @@ import PIL.Image
 import PIL.ImageDraw
 
 import dnnlib
-from interpreter.generate import finished_samples
+from interpreter.generate import finished_samples, generated_samples, read_sample_list
 from pipeline import auto_annotate
 from training.training_loop import latest_snapshot
 
@@ -32,6 +34,7 @@ TEMPLATES = os.path.join(REPO, 'EXPERIMENTS', 'interpreter', 'demo')
 ANNOTATED_IDS = list(range(8))
 CLASS_NAMES = auto_annotate.CLASS_NAMES  # ocular_4class, the annotations' numbering
 CLASS_MAP = auto_annotate.CLASS_MAP  # the renderer's numbering into it
+POLL_S = 1.0  # how often a running step's progress files are read
 
 
 class DemoError(RuntimeError):
@@ -100,7 +103,7 @@ class Demo:
             Step('dataset', 'make the demo dataset (RGB + NIR eyes)', self.make_dataset),
             Step('train_gan', 'train the dual-branch GAN (tiny config)', self.train_gan),
             Step('sample', 'sample images to annotate', self.sample),
-            Step('annotate', 'annotate 8 of them (a U-Net taught by the demo set\'s true masks stands in for a person)',
+            Step('annotate', "annotate 8 of them (a U-Net taught by the demo set's true masks stands in for a person)",
                  self.annotate),
             Step('import', 'import the annotations', self.import_annotations),
             Step('train_interpreter', 'train the interpreter (ensemble of pixel classifiers)', self.train_interpreter),
@@ -151,28 +154,32 @@ class Demo:
         summary = self._summary(state, time.time() - start)
         return summary
 
-    def _command(self, step, args, echo=lambda line: line.startswith('tick ')):
-        """Run one CLI command, its output to the step's log; lines for which ``echo`` is true are shown."""
+    def _command(self, step, args, progress=None):
+        """Run one CLI command, its output to the step's log only; ``progress()``, polled while it runs, returns
+        lines to show (read from files the step writes)."""
         log_path = os.path.join(self.paths.logs, f'{step}.log')
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         self.log('      $ ' + _display(args))
-        last = error = ''
         with open(log_path, 'w') as log:
-            proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, bufsize=1)
-            for line in proc.stdout:
-                log.write(line)
-                text = line.rstrip('\n').split('\r')[-1].strip()
-                if text:
-                    last = text
-                    error = text if text.startswith('error:') else error
-                    if echo(text):
-                        self.log(f'      {text}')
-            proc.wait()
+            proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            while True:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=POLL_S)
+                for line in progress() if progress else ():
+                    self.log(f'      {line}')
+                if proc.returncode is not None:
+                    break
         if proc.returncode != 0:
-            reason = error or last
-            raise DemoError(f'step {step} failed (exit code {proc.returncode}): {reason} (log: {log_path})')
+            raise DemoError(f'step {step} failed (exit code {proc.returncode}): {_failure_line(log_path)} '
+                            f'(log: {log_path})')
         return args
+
+    def _device(self, type_only=False):
+        """``--device`` for a step's command: none when the demo was given none (each command then picks its own);
+        ``type_only`` for a command that takes a device type (cpu, cuda) without an index."""
+        if not self.s.device:
+            return []
+        return ['--device', self.s.device.split(':')[0] if type_only else self.s.device]
 
     # ------------------------------------------------------------------------------------------------- steps
 
@@ -192,15 +199,15 @@ class Demo:
 
     def train_gan(self):
         previous = self._latest_snapshot()
-        device = ['--device', self.s.device.split(':')[0]] if self.s.device else []
         if previous:  # an interrupted training: continue it exactly
             args = _python('train_db_stylegan2.py', '--outdir', self.paths.gan, '--resume', os.path.dirname(previous),
                            '--kimg', self.s.kimg)
         else:
             args = _python('train_db_stylegan2.py', '--outdir', self.paths.gan, '--data', self.paths.data, '--cfg',
                            'tiny', '--kimg', self.s.kimg, '--tick', 1, '--snap', 2, '--metrics', 'none', '--aug',
-                           'noaug', '--mirror', 1, '--seed', self.s.seed, *device)
-        self._command('train_gan', args)
+                           'noaug', '--mirror', 1, '--seed', self.s.seed, *self._device(type_only=True))
+        self._command('train_gan', args, progress=_NewRecords(os.path.join(self.paths.gan, '*', 'stats.jsonl'),
+                                                              _tick_line))
         snapshot = self._latest_snapshot()
         if snapshot is None:
             raise DemoError(f'step train_gan: no network snapshot in {self.paths.gan}')
@@ -218,9 +225,6 @@ class Demo:
             with dnnlib.util.atomic_write(dest, 'w') as f:
                 json.dump(cfg, f, indent=2)
 
-    def _device(self):
-        return ['--device', self.s.device] if self.s.device else []
-
     def sample(self):
         self._write_configs()
         return self._command('sample', _python(
@@ -234,7 +238,8 @@ class Demo:
     def annotate(self):
         command = self._command('annotator', _python(*auto_annotate.train_command(
             self.paths.data, self.paths.annotator, self.s.count, epochs=self.s.annotator_epochs, seed=self.s.seed),
-            *self._device()), echo=lambda line: line.startswith(f'epoch {self.s.annotator_epochs}/'))
+            *self._device()))
+        self.log(f'      {_last_epoch(self.paths.annotator, self.s.annotator_epochs)}')
         annotator = self._annotator()
         src = os.path.join(self.paths.exp, 'images_to_annotate')
         os.makedirs(self.paths.annotations, exist_ok=True)
@@ -258,21 +263,28 @@ class Demo:
             ','.join(map(str, ANNOTATED_IDS)), '--image-format', 'png', '--overwrite'))
 
     def train_interpreter(self):
-        return self._command('train_interpreter', _python(
-            'train_interpreter.py', '--exp', self.paths.train_json, *self._device()),
-            echo=lambda line: line.startswith(('model ', 'classifier')) or 'classifiers in' in line)
+        command = self._command('train_interpreter', _python(
+            'train_interpreter.py', '--exp', self.paths.train_json, *self._device()))
+        models = os.path.join(self.paths.exp, 'models')
+        self.log(f'      {len(glob.glob(os.path.join(models, "model_*.pth")))} classifiers in {_shown(models)}')
+        return command
 
     def generate(self):
-        return self._command('generate', _python(
+        command = self._command('generate', _python(
             'train_interpreter.py', '--exp', self.paths.train_json, '--generate_data', 'True', '--num_sample',
-            self.s.num_sample, '--resume', self.paths.exp, *self._device()),
-            echo=lambda line: 'kept' in line or line.startswith('ensemble step'))
+            self.s.num_sample, '--resume', self.paths.exp, *self._device()))
+        line = f'{len(finished_samples(self.paths.samples))} samples generated'
+        rejected = os.path.join(self.paths.samples, 'rejected.jsonl')
+        if os.path.isfile(rejected):
+            kept = read_sample_list(os.path.join(self.paths.samples, 'kept.jsonl'))
+            line += f'; {len(kept)} kept, {len(read_sample_list(rejected))} most uncertain listed in {_shown(rejected)}'
+        self.log(f'      {line}')
+        return command
 
     def evaluate_masks(self):
         """The annotator's labels of the kept generated images (none of them is one of the 8 annotated latents)
         are the reference the generated masks are scored against."""
-        kept = os.path.join(self.paths.samples, 'kept.jsonl')
-        entries = _read_jsonl(kept) if os.path.isfile(kept) else list(finished_samples(self.paths.samples).values())
+        entries, _ = generated_samples(self.paths.samples)
         os.makedirs(self.paths.reference, exist_ok=True)
         annotator = self._annotator()
         for e in entries:
@@ -282,19 +294,25 @@ class Demo:
             with dnnlib.util.atomic_write(os.path.join(self.paths.reference, name), 'wb') as f:
                 PIL.Image.fromarray(annotator(rgb, nir), 'L').save(f, 'PNG')
         self.log(f'      the annotator labelled {len(entries)} generated images into {_shown(self.paths.reference)}')
-        return self._command('evaluate_masks', _python(
+        command = self._command('evaluate_masks', _python(
             'train_interpreter.py', '--exp', self.paths.train_json, '--eval_masks', self.paths.reference, '--out',
-            self.paths.samples, '--class_names', ','.join(CLASS_NAMES)), echo=lambda line: 'mIoU' in line)
+            self.paths.samples, '--class_names', ','.join(CLASS_NAMES)))
+        with open(os.path.join(self.paths.samples, 'mask_evaluation.json')) as f:
+            report = json.load(f)
+        self.log(f'      {len(report["samples"])} generated masks scored against the annotator: mIoU '
+                 f'{report["miou"]:.4f}; report in {_shown(os.path.join(self.paths.samples, "mask_evaluation.md"))}')
+        return command
 
     def _train_segmenter(self, name, data, repeat=1):
         # Inverse-frequency class weights: the pupil covers about 2 % of a 32x32 eye and is otherwise never predicted.
-        epochs = self.s.seg_epochs
-        return self._command(f'segment_{name}', _python(
-            'train_segmentation.py', '--data', data, '--outdir', os.path.join(self.paths.seg, name), '--arch', 'unet',
-            '--width', 16, '--input', 'rgbnir', '--epochs', epochs, '--repeat', repeat, '--batch', 8,
-            '--class_weights', 'inverse', '--class_names', ','.join(CLASS_NAMES), '--num_classes', len(CLASS_NAMES),
-            '--seed', self.s.seed, '--resume', *self._device()),
-            echo=lambda line: line.startswith(f'epoch {epochs}/{epochs}'))
+        run_dir = os.path.join(self.paths.seg, name)
+        command = self._command(f'segment_{name}', _python(
+            'train_segmentation.py', '--data', data, '--outdir', run_dir, '--arch', 'unet', '--width', 16, '--input',
+            'rgbnir', '--epochs', self.s.seg_epochs, '--repeat', repeat, '--batch', 8, '--class_weights', 'inverse',
+            '--class_names', ','.join(CLASS_NAMES), '--num_classes', len(CLASS_NAMES), '--seed', self.s.seed,
+            '--resume', *self._device()))
+        self.log(f'      {_last_epoch(run_dir, self.s.seg_epochs)}')
+        return command
 
     def downstream(self):
         """The papers' experiment in small: one segmenter trained on the generated set, one on the 8 annotated
@@ -302,23 +320,23 @@ class Demo:
         commands = [self._command('real_test', _python(
             'dataset_tool.py', 'demo', '--dest', self.paths.real_test, '--count', self.s.num_test, '--resolution',
             self.s.resolution, '--seed', self.s.seed + 1, '--overwrite'))]  # seed + 1: never seen by the GAN
-        kept = os.path.join(self.paths.samples, 'kept.jsonl')
-        n = len(_read_jsonl(kept)) if os.path.isfile(kept) else len(finished_samples(self.paths.samples))
+        n = len(generated_samples(self.paths.samples)[0])
         repeat = max(1, round(n / len(ANNOTATED_IDS)))  # as many optimiser steps on the 8 pairs as on the n
         commands.append(self._command('eval_annotator', _python(  # the stand-in itself: the ceiling of the others
             'eval_segmentation.py', '--checkpoint', os.path.join(self.paths.annotator, 'checkpoint-last.pt'),
             '--data', self.paths.real_test, '--outdir', self.paths.annotator, '--name', 'eval_real', '--class-map',
-            CLASS_MAP, *self._device()), echo=lambda line: False))
+            CLASS_MAP, *self._device())))
         for name, data, rep in (('synthetic', self.paths.samples, 1), ('annotated', self.paths.processed, repeat)):
             commands.append(self._train_segmenter(name, data, rep))
             commands.append(self._command(f'eval_{name}', _python(
                 'eval_segmentation.py', '--checkpoint', os.path.join(self.paths.seg, name, 'checkpoint-best.pt'),
                 '--data', self.paths.real_test, '--outdir', os.path.join(self.paths.seg, name), '--name',
-                'eval_real', '--class-map', CLASS_MAP, *self._device()), echo=lambda line: False))
+                'eval_real', '--class-map', CLASS_MAP, *self._device())))
         return commands
 
     def overview(self):
-        write_overview(self.paths.overview, self.paths.processed, self.paths.samples, tables=self._evaluation_rows())
+        write_overview(self.paths.overview, self.paths.processed, self.paths.samples,
+                       tables=evaluation_lines(self._evaluation(), CLASS_NAMES))
         return None
 
     def _evaluation(self):
@@ -337,19 +355,11 @@ class Demo:
                     found[title] = json.load(f)
         return found
 
-    def _evaluation_rows(self):
-        rows = []
-        for title, s in self._evaluation().items():
-            iou = {c['class']: c['iou'] for c in s['per_class']}
-            rows.append(f'{title}: mIoU {s["miou"]:.3f} (' + ', '.join(
-                f'{c} {"-" if iou.get(c) is None else format(iou[c], ".2f")}' for c in CLASS_NAMES) + ')')
-        return rows
-
     # ---------------------------------------------------------------------------------------------- summary
 
     def _summary(self, state, wall):
-        kept_path = os.path.join(self.paths.samples, 'kept.jsonl')
-        kept = len(_read_jsonl(kept_path)) if os.path.isfile(kept_path) else None
+        entries, source = generated_samples(self.paths.samples)
+        kept = len(entries) if source == 'kept.jsonl' else None
         generated = len(glob.glob(os.path.join(self.paths.samples, 'RGB', '*.png')))
         where = {
             'overview image': self.paths.overview,
@@ -370,46 +380,124 @@ class Demo:
         summary = dict(total_seconds=round(sum(x['seconds'] for x in steps), 1), wall_seconds_this_run=round(wall, 1),
                        generated_samples=generated, kept_after_uncertainty_filter=kept, settings=state['settings'],
                        steps=steps, where=where)
-        with dnnlib.util.atomic_write(os.path.join(self.out, 'summary.json'), 'w') as f:
-            json.dump(summary, f, indent=2)
-        lines = ['# Demo run', '', f'Total time of the steps: {summary["total_seconds"]:.0f} s. '
-                 f'Generated {generated} annotated RGB + NIR pairs; {kept} kept after the uncertainty filter.', '',
-                 '| step | seconds | command |', '|---|---:|---|']
-        for x in steps:
-            commands = x['command'] if x['command'] and isinstance(x['command'][0], list) else [x['command']]
-            if x['command']:
-                cmd = '<br>'.join(f'`{_display(c)}`' for c in commands)
-            else:
-                cmd = '(in-process)'
-            lines.append(f'| {x["title"]} | {x["seconds"]:.1f} | {cmd} |')
-        evaluation = self._evaluation()
-        if evaluation:
-            from segmentation.metrics import markdown_table
-            lines += ['', '## How good are the masks?', '',
-                      'The stand-in annotator (a U-Net trained on the demo training pairs\' true masks, '
-                      '`pipeline/auto_annotate.py`) on the real test eyes: the ceiling of everything below. '
-                      'Mask generator: its masks of the kept generated images against the stand-in annotator\'s '
-                      'labels of the same images. Downstream: a U-Net (RGB + NIR input) trained on the generated '
-                      'dataset and one trained on only the 8 annotated pairs (as many optimiser steps), both tested '
-                      'on real demo eyes rendered with a seed the GAN never saw, against the renderer\'s true masks '
-                      f'(class map `{os.path.relpath(CLASS_MAP, REPO)}`).', '',
-                      markdown_table(evaluation, list(CLASS_NAMES))]
-            summary['evaluation'] = {k: dict(miou=v['miou'], iou={c['class']: c['iou'] for c in v['per_class']})
-                                     for k, v in evaluation.items()}
-            with dnnlib.util.atomic_write(os.path.join(self.out, 'summary.json'), 'w') as f:
-                json.dump(summary, f, indent=2)
-        lines += ['', '| what | where |', '|---|---|'] + [f'| {k} | `{v}` |' for k, v in where.items()]
-        with dnnlib.util.atomic_write(os.path.join(self.out, 'summary.md'), 'w') as f:
-            f.write('\n'.join(lines) + '\n')
-        return summary
+        return write_summary(self.out, summary, self._evaluation(), CLASS_NAMES, os.path.relpath(CLASS_MAP, REPO))
+
+
+def run_demo(settings: Settings, fresh=False, log=print):
+    """Run the demo (or what is left of it), then show where to look; returns the summary dict."""
+    demo = Demo(settings, log=log)
+    summary = demo.run(fresh=fresh)
+    log('')
+    log(f'Demo finished: {summary["total_seconds"]:.0f} s of steps; {summary["generated_samples"]} annotated '
+        f'RGB + NIR pairs generated, {summary["kept_after_uncertainty_filter"]} kept after the uncertainty filter.')
+    log('Where to look:')
+    for what, where in summary['where'].items():
+        log(f'  {what:<66} {where}')
+    log(f'  {"summary (times per step, the commands)":<66} {demo.out}/summary.md')
+    return summary
+
+
+# ------------------------------------------------------------------------------------------- what steps wrote
+
+
+def _failure_line(log_path):
+    """Why a step failed: its ``error: ...`` line (every command's convention, dnnlib.cli), else its last line."""
+    with open(log_path, errors='replace') as f:  # universal newlines: a progress bar's \r updates are lines too
+        lines = [line.strip() for line in f if line.strip()]
+    errors = [line for line in lines if line.startswith('error:')]
+    return (errors or lines or [''])[-1]
+
+
+class _NewRecords:
+    """The records appended to JSON-lines files (a glob) since the last call, each as ``describe(record)``: a
+    running step's progress as the step itself writes it."""
+
+    def __init__(self, pattern, describe):
+        self.pattern, self.describe = pattern, describe
+        self.seen = {path: len(self._complete_lines(path)) for path in glob.glob(pattern)}
+
+    @staticmethod
+    def _complete_lines(path):
+        with open(path) as f:
+            return [line for line in f if line.endswith('\n')]  # the last one may be half written
+
+    def __call__(self):
+        shown = []
+        for path in sorted(glob.glob(self.pattern)):
+            lines = self._complete_lines(path)
+            shown += [self.describe(json.loads(line)) for line in lines[self.seen.get(path, 0):] if line.strip()]
+            self.seen[path] = len(lines)
+        return shown
+
+
+def _tick_line(stats):
+    """A GAN training tick from its ``stats.jsonl`` record (``{name: {num, mean, std}}``)."""
+    value = {name: v['mean'] for name, v in stats.items() if isinstance(v, dict)}
+    return (f'tick {int(value["Progress/tick"])}  kimg {value["Progress/kimg"]:.1f}  time '
+            f'{dnnlib.util.format_time(value["Timing/total_sec"])}  sec/kimg {value["Timing/sec_per_kimg"]:.2f}')
+
+
+def _last_epoch(run_dir, epochs):
+    """The last epoch of a ``train_segmentation.py`` run, from its ``history.json``."""
+    with open(os.path.join(run_dir, 'history.json')) as f:
+        entry = json.load(f)[-1]
+    line = f'epoch {entry["epoch"]}/{epochs}  train loss {entry["train_loss"]:.4f}'
+    if entry.get('val_miou') is not None:
+        line += f'  val mIoU {entry["val_miou"]:.4f}'
+    return line + f'  ({entry["seconds"]:.1f} s)'
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+
+
+def evaluation_lines(evaluation, class_names):
+    """One line per evaluation (``{title: scores}``): mIoU and the IoU of each of ``class_names``."""
+    lines = []
+    for title, s in evaluation.items():
+        iou = {c['class']: c['iou'] for c in s['per_class']}
+        lines.append(f'{title}: mIoU {s["miou"]:.3f} (' + ', '.join(
+            f'{c} {"-" if iou.get(c) is None else format(iou[c], ".2f")}' for c in class_names) + ')')
+    return lines
+
+
+def write_summary(out_dir, summary, evaluation, class_names, class_map):
+    """``summary.json`` and ``summary.md`` in ``out_dir``: ``summary`` (times, commands, where the files are) plus the
+    ``evaluation`` scores (``{title: scores}``) over ``class_names``; ``class_map``: the class map's path as shown.
+    Returns the summary as written."""
+    summary = dict(summary)
+    lines = ['# Demo run', '', f'Total time of the steps: {summary["total_seconds"]:.0f} s. '
+             f'Generated {summary["generated_samples"]} annotated RGB + NIR pairs; '
+             f'{summary["kept_after_uncertainty_filter"]} kept after the uncertainty filter.', '',
+             '| step | seconds | command |', '|---|---:|---|']
+    for x in summary['steps']:
+        commands = x['command'] if x['command'] and isinstance(x['command'][0], list) else [x['command']]
+        if x['command']:
+            cmd = '<br>'.join(f'`{_display(c)}`' for c in commands)
+        else:
+            cmd = '(in-process)'
+        lines.append(f'| {x["title"]} | {x["seconds"]:.1f} | {cmd} |')
+    if evaluation:
+        from segmentation.metrics import markdown_table
+        lines += ['', '## How good are the masks?', '',
+                  "The stand-in annotator (a U-Net trained on the demo training pairs' true masks, "
+                  '`pipeline/auto_annotate.py`) on the real test eyes: the ceiling of everything below. '
+                  "Mask generator: its masks of the kept generated images against the stand-in annotator's "
+                  'labels of the same images. Downstream: a U-Net (RGB + NIR input) trained on the generated '
+                  'dataset and one trained on only the 8 annotated pairs (as many optimiser steps), both tested '
+                  "on real demo eyes rendered with a seed the GAN never saw, against the renderer's true masks "
+                  f'(class map `{class_map}`).', '',
+                  markdown_table(evaluation, list(class_names))]
+        summary['evaluation'] = {k: dict(miou=v['miou'], iou={c['class']: c['iou'] for c in v['per_class']})
+                                 for k, v in evaluation.items()}
+    with dnnlib.util.atomic_write(os.path.join(out_dir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    lines += ['', '| what | where |', '|---|---|'] + [f'| {k} | `{v}` |' for k, v in summary['where'].items()]
+    with dnnlib.util.atomic_write(os.path.join(out_dir, 'summary.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------------- overview
-
-
-def _read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _tile(array, size):
@@ -418,19 +506,20 @@ def _tile(array, size):
 
 
 def write_overview(path, processed_dir, samples_dir, columns=12, tile=96, tables=()):
-    """A grid: the annotated pairs (RGB, NIR, the imported mask) above the generated ones (RGB, NIR, mask), the
-    generated ones taken from ``kept.jsonl`` (or every sample) in index order. Masks in the annotation palette
-    (ocular_4class: iris blue, pupil red, sclera green, background black)."""
+    """A grid: the annotated pairs of ``processed_dir`` (RGB, NIR, the imported mask) above the generated ones of
+    ``samples_dir`` (RGB, NIR, mask), taken from ``kept.jsonl`` (or every sample) in index order, at most ``columns``
+    of each; ``tables``: lines of text below. Masks in the annotation palette (ocular_4class: iris blue, pupil red,
+    sclera green, background black)."""
     annotated = []
-    for k in range(len(ANNOTATED_IDS)):
+    while len(annotated) < columns:
+        k = len(annotated)
         mask_path = os.path.join(processed_dir, f'image_mask{k}.npy')
         if not os.path.isfile(mask_path):
             break
         rgb = np.asarray(PIL.Image.open(glob.glob(os.path.join(processed_dir, f'image_{k}.*'))[0]).convert('RGB'))
         nir = np.asarray(PIL.Image.open(glob.glob(os.path.join(processed_dir, f'image_{k}_NIR.*'))[0]).convert('L'))
         annotated.append((rgb, nir, auto_annotate.colorize(np.load(mask_path))))
-    kept = os.path.join(samples_dir, 'kept.jsonl')
-    entries = _read_jsonl(kept) if os.path.isfile(kept) else list(finished_samples(samples_dir).values())
+    entries, _ = generated_samples(samples_dir)
     entries = sorted(entries, key=lambda e: e['index'])[:columns]
     generated = [(np.asarray(PIL.Image.open(os.path.join(samples_dir, e['rgb']))),
                   np.asarray(PIL.Image.open(os.path.join(samples_dir, e['nir']))),
@@ -438,7 +527,7 @@ def write_overview(path, processed_dir, samples_dir, columns=12, tile=96, tables
                  for e in entries]
     pad, label_h = 4, 22
     blocks = [('annotated by the stand-in annotator (RGB / NIR / mask)', annotated),
-              ('generated, with the interpreter\'s masks (RGB / NIR / mask)', generated)]
+              ("generated, with the interpreter's masks (RGB / NIR / mask)", generated)]
     width = pad + columns * (tile + pad)
     height = sum(label_h + 3 * (tile + pad) for _, rows in blocks if rows) + pad + 16 * len(tables) + (
         label_h if tables else 0)

@@ -26,7 +26,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from training.dataset import DatasetError, PairedFiles
+import dnnlib.util
+from training.image_pairs import DatasetError, PairedFiles
 
 INPUTS = {'rgb': 3, 'nir': 1, 'rgbnir': 4}
 PRELOAD_LIMIT = 2 << 30  # decode everything up front when the set fits in this many bytes
@@ -97,16 +98,7 @@ def _file_sample(name, rgb, nir, mask):
 
 
 def _read_jsonl(path):
-    entries = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DatasetError(path, f'line {n} is not valid JSON ({e.msg})') from None
-    return entries
+    return [entry for _, entry in dnnlib.util.read_jsonl(path, DatasetError)]
 
 
 def _entry_sample(root, entry, where):

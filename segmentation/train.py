@@ -35,7 +35,7 @@ CLASS_WEIGHTS = ('none', 'inverse', 'sqrt')
 
 
 # What the command lines report as one-line errors (exit code 2): bad files, models, options.
-USER_ERRORS = (SegmentationError, seg_data.DatasetError, ModelError, ValueError)
+USER_ERRORS = (SegmentationError, seg_data.DatasetError, ModelError)
 
 
 @dataclasses.dataclass
@@ -265,7 +265,7 @@ class Run:
         check_labels(full, self.num_classes)
         if o.val:
             if o.val_fraction > 0:
-                raise ValueError('give either --val or --val_fraction, not both')
+                raise SegmentationError('give either --val or --val_fraction, not both')
             self.train_set = full
             self.val_set = seg_data.SegmentationSet(o.val, o.input, progress=self.progress, class_map=cmap)
             if self.val_set.shape != full.shape:

@@ -21,8 +21,12 @@ import pytest
 
 import prepare_annotations
 from conftest import REPO, assert_one_line_error, shared_dir
-from interpreter import annotations as ann
+from interpreter import annotation_import
+from interpreter.annotation_errors import AnnotationError, PaletteError
+from interpreter.class_mapping import mask_from_colors
+from interpreter.palette import load_palette
 from interpreter.xcf import XcfError, parse_xcf, read_xcf
+from interpreter.xcf_flatten import flatten_xcf
 
 AUTHORS_ORDER = [63, 15, 93, 2, 91, 83, 20, 0]  # k-th file of eyes_processed/ = this id (data README)
 COLOURS_4 = {0: (0, 0, 0), 1: (0, 0, 255), 2: (255, 0, 0), 3: (0, 255, 0)}
@@ -76,7 +80,7 @@ def test_xcf_flattens_to_the_authors_mask_png(sample_id):
     diff = np.abs(bottom.pixels[..., :3].astype(int) - photo)
     assert diff.max() <= 8 and diff.mean() < 1.0, (diff.max(), diff.mean())
 
-    flat = ann.flatten_xcf(folder / f'image_{sample_id}.xcf')
+    flat = flatten_xcf(folder / f'image_{sample_id}.xcf')
     expected = np.asarray(PIL.Image.open(folder / f'image_{sample_id}_mask.png'))
     assert expected.shape == (256, 256, 4) and flat.dtype == np.uint8
     np.testing.assert_array_equal(flat, expected)
@@ -85,7 +89,7 @@ def test_xcf_flattens_to_the_authors_mask_png(sample_id):
 @pytest.mark.parametrize('source', ['xcf', 'png'])
 def test_import_reproduces_the_authors_masks(tmp_path, source):
     data = crosseyed()
-    summary = ann.import_annotations(data / 'eyes_GIMP', tmp_path / 'out', 'ocular_4class', source=source)
+    summary = annotation_import.import_annotations(data / 'eyes_GIMP', tmp_path / 'out', 'ocular_4class', source=source)
     out = tmp_path / 'out'
     ids = sorted(AUTHORS_ORDER)  # numeric, not lexical, order: 0, 2, 15, 20, ...
     assert summary['ids'] == ids == [0, 2, 15, 20, 63, 83, 91, 93]
@@ -129,7 +133,7 @@ def test_cli_with_the_authors_order_and_latents(tmp_path, capsys):
 
 def test_png_output_format_converts_the_pair(tmp_path):
     folder = copy_ids(tmp_path / 'in', [2], kinds=('_mask.png', '.jpg', '_NIR.jpg'))
-    summary = ann.import_annotations(folder, tmp_path / 'out', image_format='png')
+    summary = annotation_import.import_annotations(folder, tmp_path / 'out', image_format='png')
     assert summary['items'][0]['image_copied'] is False
     for name, mode in (('image_2.jpg', 'RGB'), ('image_2_NIR.jpg', 'L')):
         out_name = name.replace('image_2', 'image_0').replace('.jpg', '.png')
@@ -143,11 +147,11 @@ def test_png_output_format_converts_the_pair(tmp_path):
 
 
 def test_builtin_palettes_match_the_reference():
-    p4 = ann.load_palette('ocular_4class')
+    p4 = load_palette('ocular_4class')
     assert p4.num_classes == 4
     assert {c.id: c.colors for c in p4.classes} == {i: (rgb,) for i, rgb in COLOURS_4.items()}
     assert [c.name for c in p4.classes] == ['background', 'iris', 'pupil', 'sclera']
-    p10 = ann.load_palette('ocular_10class')
+    p10 = load_palette('ocular_10class')
     assert p10.num_classes == 10
     grey = {c.id: {g for lo, hi in c.grey_levels for g in range(lo, hi + 1)} for c in p10.classes}
     assert grey == {0: set(range(15)), 1: {29}, 2: {76}, 3: {150}, 4: {177, 174}, 5: {121}, 6: {226, 222},
@@ -168,9 +172,9 @@ def test_grey_rule_matches_the_notebook(tmp_path):
     for level, cls in ((29, 1), (76, 2), (150, 3)):
         expected[grey == level] = cls
     assert (expected != 255).all()
-    np.testing.assert_array_equal(ann.mask_from_colors(rgba, 'ocular_4class', 'x', match='grey'), expected)
-    np.testing.assert_array_equal(ann.mask_from_colors(grey, 'ocular_4class', 'x'), expected)
-    np.testing.assert_array_equal(ann.mask_from_colors(rgba, 'ocular_4class', 'x'), expected)
+    np.testing.assert_array_equal(mask_from_colors(rgba, 'ocular_4class', 'x', match='grey'), expected)
+    np.testing.assert_array_equal(mask_from_colors(grey, 'ocular_4class', 'x'), expected)
+    np.testing.assert_array_equal(mask_from_colors(rgba, 'ocular_4class', 'x'), expected)
 
 
 def test_transparent_pixels_are_background_and_colours_map_exactly():
@@ -181,11 +185,11 @@ def test_transparent_pixels_are_background_and_colours_map_exactly():
     rgba[3, 4, :3] = COLOURS_4[3]
     rgba[2, 1] = (123, 45, 67, 0)  # unknown colour, but fully transparent
     rgba[2, 2] = (0, 255, 0, 1)  # barely visible: judged by its colour
-    mask = ann.mask_from_colors(rgba, 'ocular_4class', 'x')
+    mask = mask_from_colors(rgba, 'ocular_4class', 'x')
     expected = np.zeros((4, 5), np.uint8)
     expected[0, 0], expected[1, 2], expected[3, 4], expected[2, 2] = 1, 2, 3, 3
     np.testing.assert_array_equal(mask, expected)
-    np.testing.assert_array_equal(ann.mask_from_colors(rgba[..., :3][:2], 'ocular_4class', 'x'), expected[:2])
+    np.testing.assert_array_equal(mask_from_colors(rgba[..., :3][:2], 'ocular_4class', 'x'), expected[:2])
 
 
 def test_unknown_colour_message_lists_three_and_counts_the_rest():
@@ -196,8 +200,8 @@ def test_unknown_colour_message_lists_three_and_counts_the_rest():
     for colour, count in odd:
         flat[start:start + count] = colour
         start += count
-    with pytest.raises(ann.AnnotationError) as info:
-        ann.mask_from_colors(rgb, 'ocular_4class', 'some/file.png')
+    with pytest.raises(AnnotationError) as info:
+        mask_from_colors(rgb, 'ocular_4class', 'some/file.png')
     message = str(info.value)
     assert '\n' not in message and message.startswith('some/file.png: 5 colours')
     assert '#ff00ff = RGB(255, 0, 255) on 7 pixels' in message
@@ -210,17 +214,17 @@ def test_snap_fixes_near_colours_only():
     rgb = np.zeros((6, 6, 3), np.uint8)
     rgb[0, :3] = (0, 0, 245)  # 10 from blue
     rgb[1, 0] = (250, 4, 0)  # ~6.4 from red
-    np.testing.assert_array_equal(ann.mask_from_colors(rgb, 'ocular_4class', 'x', snap=12)[:2, :3],
+    np.testing.assert_array_equal(mask_from_colors(rgb, 'ocular_4class', 'x', snap=12)[:2, :3],
                                   [[1, 1, 1], [2, 0, 0]])
-    with pytest.raises(ann.AnnotationError, match='#0000f5'):
-        ann.mask_from_colors(rgb, 'ocular_4class', 'x', snap=5)
+    with pytest.raises(AnnotationError, match='#0000f5'):
+        mask_from_colors(rgb, 'ocular_4class', 'x', snap=5)
     far = rgb.copy()
     far[5, 5] = (128, 128, 0)
-    with pytest.raises(ann.AnnotationError, match=r'#808000 = RGB\(128, 128, 0\) on 1 pixel \(nearest'):
-        ann.mask_from_colors(far, 'ocular_4class', 'x', snap=12)
+    with pytest.raises(AnnotationError, match=r'#808000 = RGB\(128, 128, 0\) on 1 pixel \(nearest'):
+        mask_from_colors(far, 'ocular_4class', 'x', snap=12)
     # Within reach of two classes: still an error, never a guess.
-    with pytest.raises(ann.AnnotationError, match="ambiguous: within 200 of 'iris' and 'pupil'"):
-        ann.mask_from_colors(np.full((2, 2, 3), (160, 0, 160), np.uint8), 'ocular_4class', 'x', snap=200)
+    with pytest.raises(AnnotationError, match="ambiguous: within 200 of 'iris' and 'pupil'"):
+        mask_from_colors(np.full((2, 2, 3), (160, 0, 160), np.uint8), 'ocular_4class', 'x', snap=200)
 
 
 def test_ten_class_palette_matches_grey_only_classes_by_luma():
@@ -232,7 +236,7 @@ def test_ten_class_palette_matches_grey_only_classes_by_luma():
         classes.append(cls)
     rgb = np.array(colours, np.uint8)[None]
     assert np.asarray(PIL.Image.fromarray(rgb).convert('L'))[0, 5:].tolist() == [177, 121, 71, 209, 156]
-    assert ann.mask_from_colors(rgb, 'ocular_10class', 'x')[0].tolist() == classes
+    assert mask_from_colors(rgb, 'ocular_10class', 'x')[0].tolist() == classes
 
 
 BAD_PALETTES = [
@@ -258,8 +262,8 @@ BAD_PALETTES = [
 def test_bad_palette_files_are_refused(tmp_path, text, fragment):
     path = tmp_path / 'my_palette.json'
     path.write_text(text)
-    with pytest.raises(ann.PaletteError) as info:
-        ann.load_palette(path)
+    with pytest.raises(PaletteError) as info:
+        load_palette(path)
     message = str(info.value)
     assert '\n' not in message and str(path) in message and fragment in message, message
 
@@ -400,10 +404,10 @@ def test_failure_while_writing_leaves_no_output(tmp_path, monkeypatch):
             raise OSError(28, 'No space left on device')
         return original(*args)
 
-    original = ann._write_image
-    monkeypatch.setattr(ann, '_write_image', broken)
+    original = annotation_import._write_image
+    monkeypatch.setattr(annotation_import, '_write_image', broken)
     with pytest.raises(OSError):
-        ann.import_annotations(folder, tmp_path / 'out')
+        annotation_import.import_annotations(folder, tmp_path / 'out')
     assert_nothing_written(tmp_path / 'out')
 
 
@@ -604,14 +608,14 @@ def test_synthetic_xcf_features(tmp_path, version, compression):
     grey_rgba = np.concatenate([np.repeat(grey[..., :1], 3, -1), grey[..., 1:]], -1)
     over(canvas, grey_rgba, 3, 4, 0.8)
     over(canvas, green, 10, 30, 1.0, mask)
-    np.testing.assert_array_equal(ann.flatten_xcf(path), to_uint8(canvas))
+    np.testing.assert_array_equal(flatten_xcf(path), to_uint8(canvas))
     # Without leaving out the bottom layer the photo shows where the annotation layers are transparent.
     with_photo = np.zeros((H, W, 4))
     over(with_photo, np.concatenate([photo, np.full((H, W, 1), 255, np.uint8)], -1), 0, 0)
     for src, x, y, op, m in ((base, 0, 0, 1, None), (red, 50, -5, 0.5, None), (grey_rgba, 3, 4, 0.8, None),
                              (green, 10, 30, 1, mask)):
         over(with_photo, src, x, y, op, m)
-    np.testing.assert_array_equal(ann.flatten_xcf(path, exclude_bottom=False), to_uint8(with_photo))
+    np.testing.assert_array_equal(flatten_xcf(path, exclude_bottom=False), to_uint8(with_photo))
     assert (to_uint8(with_photo) != to_uint8(canvas)).any()
 
 
@@ -640,12 +644,12 @@ def test_synthetic_xcf_groups_and_refusals(tmp_path):
     canvas = np.zeros((H, W, 4))
     over(canvas, black, 0, 0)
     over(canvas, to_uint8(group), 0, 0, opacity=round(0.6 * 255) / 255)
-    np.testing.assert_array_equal(ann.flatten_xcf(path), to_uint8(canvas))
+    np.testing.assert_array_equal(flatten_xcf(path), to_uint8(canvas))
 
     layers[3]['mode'] = 30  # multiply
     path.write_bytes(XcfWriter(11, 1, W, H).write(layers))
-    with pytest.raises(ann.AnnotationError, match="layer 'black' uses blend mode multiply"):
-        ann.flatten_xcf(path)
+    with pytest.raises(AnnotationError, match="layer 'black' uses blend mode multiply"):
+        flatten_xcf(path)
     path.write_bytes(XcfWriter(11, 1, W, H).write([layers[-1]]))
-    with pytest.raises(ann.AnnotationError, match='no layer above the bottom'):
-        ann.flatten_xcf(path)
+    with pytest.raises(AnnotationError, match='no layer above the bottom'):
+        flatten_xcf(path)

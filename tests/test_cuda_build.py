@@ -104,7 +104,7 @@ def _nvcc_flags():
 
 # ------------------------------------------------------------------------------- host emulation harness
 
-HARNESS = r'''
+HARNESS = r"""
 #define OPS_HOST_EMULATION  // the .cu files without their kernel launches (no device code to build)
 #include "bias_act.cu"
 #include "upfirdn2d.cu"
@@ -210,7 +210,7 @@ extern "C" int emu_upfirdn2d(int dtype, const void* x, const float* f, void* y, 
     p.flip = flip != 0; p.gain = gain;
     return dtype == 0 ? up_run<c10::Half>(p) : dtype == 1 ? up_run<float>(p) : up_run<double>(p);
 }
-'''
+"""
 
 
 class _Job:

@@ -11,8 +11,9 @@ import PIL.Image
 import pytest
 import torch
 
-from training import dataset as dsmod
-from training.dataset import DatasetError, PairedImageDataset
+from dataset_tool import summarize
+from training.dataset import PairedImageDataset
+from training.image_pairs import DatasetError
 
 RES = 16
 
@@ -232,7 +233,7 @@ def test_grey_rgb_is_expanded_and_grey_three_channel_nir_is_reduced(tmp_path):
     rgb, nir, _ = ds[0]
     np.testing.assert_array_equal(rgb, np.stack([grey_rgb] * 3))
     np.testing.assert_array_equal(nir[0], nir_as_rgb)
-    info = dsmod.summarize(ds, deep=True)
+    info = summarize(ds, deep=True)
     assert info['grayscale_converted'] == 1 and info['nir_reduced'] == 1
     assert info['count'] == 1 and info['resolution'] == RES and info['channels'] == dict(rgb=3, nir=1)
 
@@ -240,7 +241,7 @@ def test_grey_rgb_is_expanded_and_grey_three_channel_nir_is_reduced(tmp_path):
 def test_summarize_reports_labels_and_mask_classes(tmp_path):
     truth = _make(tmp_path, ['a.png', 'b.png'], masks=True)
     (tmp_path / 'dataset.json').write_text(json.dumps({'labels': [['a.png', 0], ['b.png', 4]]}))
-    info = dsmod.summarize(PairedImageDataset(tmp_path, use_labels=True, load_masks=True), deep=True)
+    info = summarize(PairedImageDataset(tmp_path, use_labels=True, load_masks=True), deep=True)
     assert info['labels'] == dict(kind='class', dim=5)
     assert info['masks'] == 2
     assert info['mask_classes'] == sorted(set(np.unique(truth['a'][2])) | set(np.unique(truth['b'][2])))

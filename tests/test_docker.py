@@ -269,14 +269,14 @@ def test_entry_script_unsets_arch_list_and_passes_arguments():
 # ------------------------------------------------------------------------------------------------ docker_run.sh
 
 
-FAKE_DOCKER = '''#!{python}
+FAKE_DOCKER = """#!{python}
 import json, os, sys
 with open(os.environ['FAKE_DOCKER_LOG'], 'a') as f:
     f.write(json.dumps(sys.argv[1:]) + '\\n')
 if sys.argv[1:2] == ['inspect']:
     sys.exit(int(os.environ.get('FAKE_INSPECT_RC', '0')))
 sys.exit(int(os.environ.get('FAKE_RUN_RC', '0')))
-'''
+"""
 
 
 @pytest.fixture

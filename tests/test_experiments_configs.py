@@ -10,8 +10,10 @@ import PIL.Image
 import pytest
 
 from conftest import REPO
-from interpreter import annotations, latents
+from interpreter import latents
+from interpreter.annotation_import import import_annotations
 from interpreter.config import ConfigError, load_config
+from interpreter.palette import load_palette
 
 EXPERIMENTS = REPO / 'EXPERIMENTS'
 
@@ -69,7 +71,7 @@ def test_both_steps_regenerate_the_same_images(name):
 
 @pytest.mark.parametrize('name', EXPECTED)
 def test_palette_matches_number_class(name):
-    palette = annotations.load_palette(EXPECTED[name]['palette'])
+    palette = load_palette(EXPECTED[name]['palette'])
     assert sorted(c.id for c in palette.classes) == list(range(EXPECTED[name]['number_class']))
 
 
@@ -121,11 +123,11 @@ def test_train_config_finds_what_the_pipeline_writes(name, tmp_path, monkeypatch
     np.save(exp / latents.LATENT_FILE, rng.standard_normal([100, 512]))
     np.save(exp / latents.AVG_FILE, rng.standard_normal([14, 512]).astype(np.float32))
     # The annotator's folder, then prepare_annotations.py --output <processed> --latents <exp>/latent_stylegan.npy.
-    palette = annotations.load_palette(EXPECTED[name]['palette'])
+    palette = load_palette(EXPECTED[name]['palette'])
     ids = [63, 15, 93, 2, 91, 83, 20, 0]
     _fake_annotations(exp / 'annotator', palette, ids)
     processed = exp / EXPECTED[name]['processed']
-    annotations.import_annotations(exp / 'annotator', processed, palette, latents=exp / latents.LATENT_FILE, ids=ids)
+    import_annotations(exp / 'annotator', processed, palette, latents=exp / latents.LATENT_FILE, ids=ids)
 
     cfg = load_config(exp / 'train_datagan.json')  # checks every named file
     z = np.load(cfg.annotation_image_latent_path)

@@ -13,9 +13,8 @@ import pytest
 from test_interpreter_pipeline import RES, _mean_iou, experiment  # noqa: F401 (the shared module fixture)
 
 from conftest import REPO, assert_proc_error
-from interpreter import classifier, crossval, train
+from interpreter import classifier, crossval, ensemble, train
 from interpreter import config as config_module
-from interpreter import features as features_module
 from interpreter import latents as latents_module
 
 
@@ -60,7 +59,7 @@ def test_cross_validation_matches_an_ensemble_trained_without_the_held_out_sampl
         annotation_image_latent_path=str(ref / 'annotations' / 'latent_stylegan.npy')))
     train.train_ensemble(ref_cfg, device='cpu', progress=False, log=lambda *_: None)
     models = classifier.load_ensemble(str(ref), ref_cfg.model_num)
-    predictor = features_module.EnsemblePredictor(models, out_res=RES, mode='bilinear', fast=False)
+    predictor = ensemble.EnsemblePredictor(models, out_res=RES, mode='bilinear', fast=False)
     G = experiment['G']
     z = np.load(ann / 'latent_stylegan.npy')
     by_name = {r['sample']: r for r in report['samples']}

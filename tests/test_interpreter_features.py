@@ -1,9 +1,11 @@
-"""interpreter.features: the dense reference, the native-resolution gather and store, the first-layer projection
-and the fast ensemble against the dense reference, plus the vote, uncertainty and score formulas.
+"""interpreter.feature_maps, feature_store, projection and ensemble: the dense reference, the native-resolution
+gather and store, the first-layer projection and the fast ensemble against the dense reference, plus the vote,
+uncertainty and score formulas.
 
 The dense path (upsample every map, concatenate, run every model on every pixel) is the reference throughout.
 """
 
+import feature_reference
 import numpy as np
 import pytest
 import scipy.stats
@@ -11,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from interpreter import features as fm
+from interpreter import ensemble, feature_maps, feature_store, projection
 from training import networks
 
 PAPER256_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64}
@@ -106,44 +108,45 @@ def test_upsample_size_equals_scale_factor_for_power_of_two_ratios(mode):
         for out in (res * 2, res * 8, 256):
             kwargs = dict(align_corners=False) if mode == 'bilinear' else {}
             original = nn.Upsample(scale_factor=out / res, mode=mode, **kwargs)(x)
-            ours = fm.upsample_to(x, out, mode)
+            ours = feature_maps.upsample_to(x, out, mode)
             assert ours.shape == original.shape
             assert torch.equal(ours, original), (res, out)
-    assert fm.upsample_to(x[0], 64, mode).shape == (3, 64, 64)  # CHW in, CHW out
+    assert feature_maps.upsample_to(x[0], 64, mode).shape == (3, 64, 64)  # CHW in, CHW out
     with pytest.raises(ValueError):
-        fm.upsample_to(x, 64, 'bicubic')
+        feature_maps.upsample_to(x, 64, 'bicubic')
 
 
 @pytest.mark.parametrize('mode', ['bilinear', 'nearest'])
 @pytest.mark.parametrize('in_res,out_res', [(4, 256), (5, 12), (7, 7), (24, 72), (64, 48), (3, 10), (16, 17)])
 def test_source_taps_reproduce_interpolate(mode, in_res, out_res):
     x = torch.randn([1, 2, in_res, in_res], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    u = torch.from_numpy(fm._interp_matrix(in_res, out_res, mode, np.float64))
+    u = torch.from_numpy(feature_maps.interp_matrix(in_res, out_res, mode, np.float64))
     ours = torch.einsum('yi,ncij,xj->ncyx', u, x, u)
-    ref = fm.upsample_to(x, out_res, mode)
+    ref = feature_maps.upsample_to(x, out_res, mode)
     assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
-    i0, i1, w0, w1 = fm.source_taps(in_res, out_res, mode)
+    i0, i1, w0, w1 = feature_maps.source_taps(in_res, out_res, mode)
     assert i0.min() >= 0 and i1.max() <= in_res - 1 and np.allclose(w0 + w1, 1)
 
 
 def test_dense_features_order_and_rows():
     layout = [(3, 4), (2, 8), (4, 16)]
     maps = random_maps(layout)
-    dense = fm.dense_features(maps, 16)
+    dense = feature_maps.dense_features(maps, 16)
     assert dense.shape == (256, 9) and dense.dtype == torch.float32
-    assert fm.feature_layout(maps) == layout and fm.total_channels(maps) == 9 == fm.total_channels(layout)
+    assert feature_maps.feature_layout(maps) == layout
+    assert feature_maps.total_channels(maps) == 9 == feature_maps.total_channels(layout)
     col = 0
     for f in maps:
-        up = fm.upsample_to(f, 16)
+        up = feature_maps.upsample_to(f, 16)
         for y, x in [(0, 0), (3, 11), (15, 15), (9, 0)]:
             assert torch.equal(dense[y * 16 + x, col:col + f.shape[0]], up[:, y, x])
         col += f.shape[0]
     # [1, C, r, r] maps (the generator's output) are the same sample
-    assert torch.equal(fm.dense_features([f[None] for f in maps], 16), dense)
+    assert torch.equal(feature_maps.dense_features([f[None] for f in maps], 16), dense)
     with pytest.raises(ValueError):
-        fm.dense_features([torch.zeros(2, 3, 4, 4)], 8)  # two samples
+        feature_maps.dense_features([torch.zeros(2, 3, 4, 4)], 8)  # two samples
     with pytest.raises(ValueError):
-        fm.dense_features([torch.zeros(3, 4, 5)], 8)  # not square
+        feature_maps.dense_features([torch.zeros(3, 4, 5)], 8)  # not square
 
 
 # ---------------------------------------------------------------------------------------------------- gather
@@ -153,15 +156,15 @@ def test_dense_features_order_and_rows():
 @pytest.mark.parametrize('layout,out_res', SMALL_LAYOUTS)
 def test_gather_equals_dense_rows(mode, layout, out_res):
     maps = random_maps(layout, seed=3, dtype=torch.float64)
-    dense = fm.dense_features(maps, out_res, mode, dtype=torch.float64)
+    dense = feature_maps.dense_features(maps, out_res, mode, dtype=torch.float64)
     pixels = border_and_random_pixels(out_res)
-    rows = fm.gather_features(maps, pixels, out_res, mode, dtype=torch.float64)
-    assert rows.shape == (len(pixels), fm.total_channels(layout))
+    rows = feature_reference.gather_features(maps, pixels, out_res, mode, dtype=torch.float64)
+    assert rows.shape == (len(pixels), feature_maps.total_channels(layout))
     assert torch.allclose(rows, dense[pixels], rtol=0, atol=1e-12)
     # float32 agrees to float rounding
     maps32 = [m.float() for m in maps]
-    rows32 = fm.gather_features(maps32, pixels, out_res, mode)
-    ref32 = fm.dense_features(maps32, out_res, mode)[pixels]
+    rows32 = feature_reference.gather_features(maps32, pixels, out_res, mode)
+    ref32 = feature_maps.dense_features(maps32, out_res, mode)[pixels]
     assert (rows32 - ref32).abs().max().item() <= 1e-6 * ref32.abs().max().item()
 
 
@@ -170,9 +173,9 @@ def test_gather_equals_dense_rows(mode, layout, out_res):
 def test_gather_on_generator_features(tiny_G, mode, out_res):
     feats = generator_features(tiny_G, seed=4)
     assert len(feats) == 8 and all(f.shape[0] == 1 for f in feats)
-    dense = fm.dense_features(feats, out_res, mode)
+    dense = feature_maps.dense_features(feats, out_res, mode)
     pixels = border_and_random_pixels(out_res, n=400, seed=2)
-    rows = fm.gather_features(feats, pixels, out_res, mode)
+    rows = feature_reference.gather_features(feats, pixels, out_res, mode)
     scale = dense.abs().max().item()
     assert (rows - dense[pixels]).abs().max().item() <= 1e-6 * scale
 
@@ -181,10 +184,10 @@ def test_gather_on_generator_features(tiny_G, mode, out_res):
 def test_native_store_gathers_dense_rows(tiny_G, mode):
     samples = [generator_features(tiny_G, seed=s) for s in range(3)]
     out_res = 32
-    dense = [fm.dense_features(f, out_res, mode) for f in samples]
+    dense = [feature_maps.dense_features(f, out_res, mode) for f in samples]
     scale = max(d.abs().max().item() for d in dense)
     for capacity in (None, 3, 2):  # joined on first gather / preallocated / outgrown preallocation
-        store = fm.NativeFeatureStore(out_res=out_res, mode=mode, capacity=capacity)
+        store = feature_store.NativeFeatureStore(out_res=out_res, mode=mode, capacity=capacity)
         for f in samples:
             store.add(f)
         assert len(store) == 3 and store.total_channels == dense[0].shape[1]
@@ -210,11 +213,11 @@ def test_native_store_gathers_dense_rows(tiny_G, mode):
 def test_native_store_float16_and_size():
     layout = [(3, 4), (5, 4), (2, 8), (4, 16), (3, 32), (2, 32)]
     samples = [random_maps(layout, seed=s, scale=50.0) for s in range(2)]
-    store32 = fm.NativeFeatureStore.from_samples(samples, out_res=32)
-    store16 = fm.NativeFeatureStore.from_samples(samples, out_res=32, dtype=torch.float16)
+    store32 = feature_store.NativeFeatureStore.from_samples(samples, out_res=32)
+    store16 = feature_store.NativeFeatureStore.from_samples(samples, out_res=32, dtype=torch.float16)
     values = sum(c * r * r for c, r in layout)
-    assert store32.nbytes == 2 * values * 4 == fm.NativeFeatureStore.bytes_for(layout, 2)
-    assert store16.nbytes == 2 * values * 2 == fm.NativeFeatureStore.bytes_for(layout, 2, torch.float16)
+    assert store32.nbytes == 2 * values * 4 == feature_store.NativeFeatureStore.bytes_for(layout, 2)
+    assert store16.nbytes == 2 * values * 2 == feature_store.NativeFeatureStore.bytes_for(layout, 2, torch.float16)
     pixels = border_and_random_pixels(32)
     exact = store32.gather(1, pixels)
     half = store16.gather(1, pixels)
@@ -224,9 +227,9 @@ def test_native_store_float16_and_size():
     err = (half - exact).abs().max().item()
     assert 0 < err <= bound
     # paper256 at 8 samples: ~0.5 GB in float32 (16.07 M values per sample), not 2.6e9 values
-    assert fm.total_channels(PAPER256) == 4992
-    assert fm.NativeFeatureStore.bytes_for(PAPER256, 8) == 8 * 16_072_704 * 4
-    assert 0.5e9 < fm.NativeFeatureStore.bytes_for(PAPER256, 8) < 0.52e9
+    assert feature_maps.total_channels(PAPER256) == 4992
+    assert feature_store.NativeFeatureStore.bytes_for(PAPER256, 8) == 8 * 16_072_704 * 4
+    assert 0.5e9 < feature_store.NativeFeatureStore.bytes_for(PAPER256, 8) < 0.52e9
 
 
 # --------------------------------------------------------------------------------------- first-layer projection
@@ -235,44 +238,46 @@ def test_native_store_float16_and_size():
 @pytest.mark.parametrize('mode', ['bilinear', 'nearest'])
 @pytest.mark.parametrize('layout,out_res', SMALL_LAYOUTS)
 def test_first_layer_projection_equals_linear_on_dense(mode, layout, out_res):
-    dim = fm.total_channels(layout)
+    dim = feature_maps.total_channels(layout)
     g = torch.Generator().manual_seed(5)
     maps = random_maps(layout, seed=6, dtype=torch.float64)
     weight = torch.randn([11, dim], generator=g, dtype=torch.float64)
     bias = torch.randn([11], generator=g, dtype=torch.float64)
-    ref = (fm.dense_features(maps, out_res, mode, torch.float64) @ weight.T + bias).T.reshape(11, out_res, out_res)
+    ref = (feature_maps.dense_features(maps, out_res, mode, torch.float64) @ weight.T
+           + bias).T.reshape(11, out_res, out_res)
     for band_rows in (1, 5, out_res):  # bands that do and do not divide the output
-        out = fm.first_layer_projection(maps, weight, bias, out_res, mode, band_rows=band_rows)
+        out = projection.first_layer_projection(maps, weight, bias, out_res, mode, band_rows=band_rows)
         assert out.shape == (11, out_res, out_res) and out.dtype == torch.float64
         assert (out - ref).abs().max().item() <= 1e-10 * ref.abs().max().item()
-    no_bias = fm.first_layer_projection(maps, weight, None, out_res, mode)
+    no_bias = projection.first_layer_projection(maps, weight, None, out_res, mode)
     assert (no_bias + bias[:, None, None] - ref).abs().max().item() <= 1e-10 * ref.abs().max().item()
     # float32: float rounding only
     maps32, w32, b32 = [m.float() for m in maps], weight.float(), bias.float()
-    ref32 = (fm.dense_features(maps32, out_res, mode) @ w32.T + b32).T.reshape(11, out_res, out_res)
-    out32 = fm.first_layer_projection(maps32, w32, b32, out_res, mode)
+    ref32 = (feature_maps.dense_features(maps32, out_res, mode) @ w32.T + b32).T.reshape(11, out_res, out_res)
+    out32 = projection.first_layer_projection(maps32, w32, b32, out_res, mode)
     assert (out32 - ref32).abs().max().item() <= 1e-5 * ref32.abs().max().item()
 
 
 def test_first_layer_projection_generator_features(tiny_G):
     feats = generator_features(tiny_G, seed=7)
-    layer = nn.Linear(fm.total_channels(feats), 24)
+    layer = nn.Linear(feature_maps.total_channels(feats), 24)
     for out_res in (32, 64):
         with torch.no_grad():
-            ref = layer(fm.dense_features(feats, out_res)).T.reshape(24, out_res, out_res)
-            out = fm.first_layer_projection(feats, layer.weight, layer.bias, out_res)
+            ref = layer(feature_maps.dense_features(feats, out_res)).T.reshape(24, out_res, out_res)
+            out = projection.first_layer_projection(feats, layer.weight, layer.bias, out_res)
         assert (out - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
     with pytest.raises(ValueError):
-        fm.first_layer_projection(feats, layer.weight[:, :-1], None, 32)  # D does not match
+        projection.first_layer_projection(feats, layer.weight[:, :-1], None, 32)  # D does not match
 
 
 # ------------------------------------------------------------------------------------------------ the ensemble
 
 
 def compare_fast_dense(models, maps, out_res, mode='bilinear', prob_atol=1e-5, **kwargs):
-    dense = fm.EnsemblePredictor(models, out_res, mode, fast=False, keep_mean_prob=True, keep_model_probs=True)(maps)
-    fast = fm.EnsemblePredictor(models, out_res, mode, fast=True, keep_mean_prob=True, keep_model_probs=True,
-                                **kwargs)(maps)
+    dense = ensemble.EnsemblePredictor(models, out_res, mode, fast=False, keep_mean_prob=True,
+                                       keep_model_probs=True)(maps)
+    fast = ensemble.EnsemblePredictor(models, out_res, mode, fast=True, keep_mean_prob=True, keep_model_probs=True,
+                                      **kwargs)(maps)
     assert fast.labels.shape == (out_res, out_res) and fast.labels.dtype == torch.int64
     assert fast.js.shape == (out_res, out_res) and fast.js.dtype == torch.float32
     assert fast.model_probs.shape == dense.model_probs.shape == (len(models), out_res, out_res,
@@ -291,7 +296,7 @@ def test_fast_ensemble_matches_dense_on_tiny_generators(mode, gen_seed):
     G = generator(gen_seed)
     for sample, out_res in [(0, 32), (1, 64), (2, 16)]:
         feats = generator_features(G, seed=10 * gen_seed + sample)
-        dim = fm.total_channels(feats)
+        dim = feature_maps.total_channels(feats)
         models = [classifier(dim, 5, seed=100 * gen_seed + k) for k in range(5)]
         models[1] = Wrapped(models[1])  # .layers is used
         for kwargs in (dict(), dict(models_per_pass=3, chunk=100), dict(models_per_pass=1, chunk=1)):
@@ -306,10 +311,10 @@ def test_statistics_do_not_depend_on_passes_or_reduction_chunks(monkeypatch):
     maps = random_maps(layout, seed=13, dtype=torch.float64)
     models = [classifier(9, 5, seed=k, dtype=torch.float64) for k in range(5)]
     kwargs = dict(keep_mean_prob=True, keep_model_probs=True, chunk=48)
-    reference = fm.EnsemblePredictor(models, 16, fast=False, **kwargs)(maps)
-    monkeypatch.setattr(fm, '_STATS_CHUNK', 7)  # 256 pixels in 37 chunks, the last one short
+    reference = ensemble.EnsemblePredictor(models, 16, fast=False, **kwargs)(maps)
+    monkeypatch.setattr(ensemble, '_STATS_CHUNK', 7)  # 256 pixels in 37 chunks, the last one short
     for fast, per_pass in ((True, 1), (True, 2), (True, 5), (False, None)):
-        other = fm.EnsemblePredictor(models, 16, fast=fast, models_per_pass=per_pass, **kwargs)(maps)
+        other = ensemble.EnsemblePredictor(models, 16, fast=fast, models_per_pass=per_pass, **kwargs)(maps)
         assert torch.equal(other.labels, reference.labels)
         assert (other.model_probs - reference.model_probs).abs().max().item() <= 1e-12
         assert (other.mean_prob - reference.mean_prob).abs().max().item() <= 1e-12
@@ -320,7 +325,7 @@ def test_statistics_do_not_depend_on_passes_or_reduction_chunks(monkeypatch):
 def test_fast_ensemble_float64_is_exact_to_rounding():
     layout = [(3, 4), (5, 4), (2, 8), (4, 16), (3, 24), (2, 24), (4, 48)]
     maps = random_maps(layout, seed=8, dtype=torch.float64)
-    models = [classifier(fm.total_channels(layout), 4, seed=k, dtype=torch.float64) for k in range(3)]
+    models = [classifier(feature_maps.total_channels(layout), 4, seed=k, dtype=torch.float64) for k in range(3)]
     fast, dense, agree = compare_fast_dense(models, maps, 48, prob_atol=1e-12, models_per_pass=2, chunk=200)
     assert agree == 1.0
 
@@ -330,7 +335,7 @@ def test_fast_ensemble_runs_any_sequential():
     themselves; a model that is a single Linear works too."""
     layout = [(4, 4), (3, 8), (2, 16)]
     maps = random_maps(layout, seed=9)
-    dim = fm.total_channels(layout)
+    dim = feature_maps.total_channels(layout)
     torch.manual_seed(0)
     odd = nn.Sequential(nn.Linear(dim, 12), nn.GELU(), nn.Linear(12, 6, bias=False), nn.Tanh(), nn.Linear(6, 3))
     no_stats = nn.Sequential(nn.Linear(dim, 8), nn.ReLU(), nn.BatchNorm1d(8, track_running_stats=False),
@@ -340,11 +345,11 @@ def test_fast_ensemble_runs_any_sequential():
     fast, dense, agree = compare_fast_dense([odd, no_stats, single, dropout, classifier(dim, 3)], maps, 16)
     assert agree == 1.0
     with pytest.raises(TypeError):
-        fm.EnsemblePredictor([nn.Sequential(nn.ReLU(), nn.Linear(dim, 3))], 16)
+        ensemble.EnsemblePredictor([nn.Sequential(nn.ReLU(), nn.Linear(dim, 3))], 16)
     with pytest.raises(ValueError):
-        fm.EnsemblePredictor([classifier(dim, 3)], 16)(maps[:-1])  # D does not match
+        ensemble.EnsemblePredictor([classifier(dim, 3)], 16)(maps[:-1])  # D does not match
     with pytest.raises(ValueError):
-        fm.EnsemblePredictor([classifier(dim, 3)], 16, mode='area')
+        ensemble.EnsemblePredictor([classifier(dim, 3)], 16, mode='area')
 
 
 def test_fast_ensemble_matches_dense_on_paper256_layout():
@@ -352,7 +357,7 @@ def test_fast_ensemble_matches_dense_on_paper256_layout():
     (4992 -> 128 -> 32 -> 4, first-layer weights N(0, 0.02) as their init). The dense reference needs a 1.3 GB
     matrix once (two models, not ten, to keep the test at a few seconds)."""
     maps = random_maps(PAPER256, seed=11)
-    assert fm.total_channels(maps) == 4992
+    assert feature_maps.total_channels(maps) == 4992
     models = [classifier(4992, 4, hidden=(128, 32), seed=k, first_std=0.02) for k in range(2)]
     fast, dense, agree = compare_fast_dense(models, maps, 256, prob_atol=2e-5)
     assert agree >= 0.999, agree
@@ -390,7 +395,7 @@ def test_majority_vote_breaks_ties_like_scipy_mode(fast):
     label_maps[:, 0, 3] = torch.tensor([3, 3, 2, 3])  # majority 3
     label_maps[:, 0, 4] = torch.tensor([2, 3, 3, 2])  # tie 2/3 -> 2
     feats, models = label_models(label_maps, 4)
-    result = fm.EnsemblePredictor(models, R, fast=fast)(feats)
+    result = ensemble.EnsemblePredictor(models, R, fast=fast)(feats)
     expected = scipy.stats.mode(label_maps.numpy(), axis=0, keepdims=False).mode
     assert np.array_equal(result.labels.numpy(), expected)
     assert result.labels[0, :5].tolist() == [1, 0, 0, 3, 2]
@@ -402,9 +407,9 @@ def test_js_map_and_score_against_numpy(fast):
     maps = random_maps(layout, seed=12, dtype=torch.float64, scale=3.0)
     models = [classifier(9, 5, seed=k, dtype=torch.float64) for k in range(4)]
     for top_fraction in (0.1, 0.25, 0.0):
-        result = fm.EnsemblePredictor(models, 16, fast=fast, keep_mean_prob=True, keep_model_probs=True,
+        result = ensemble.EnsemblePredictor(models, 16, fast=fast, keep_mean_prob=True, keep_model_probs=True,
                                       top_fraction=top_fraction)(maps)
-        x = fm.dense_features(maps, 16, dtype=torch.float64)
+        x = feature_maps.dense_features(maps, 16, dtype=torch.float64)
         with torch.no_grad():
             p = np.stack([torch.softmax(m(x), 1).numpy() for m in models])  # [M, HW, C]
         mean = p.mean(0)
@@ -418,5 +423,5 @@ def test_js_map_and_score_against_numpy(fast):
         assert np.abs(result.model_probs.numpy().reshape(4, -1, 5) - p).max() <= 1e-12
         assert result.js.min() >= -1e-6  # the JS divergence is non-negative
     # identical models: no disagreement, no uncertainty
-    same = fm.EnsemblePredictor([models[0]] * 3, 16, fast=fast)(maps)
+    same = ensemble.EnsemblePredictor([models[0]] * 3, 16, fast=fast)(maps)
     assert same.js.abs().max().item() <= 1e-6 and abs(same.score) <= 1e-6

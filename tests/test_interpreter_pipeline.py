@@ -13,8 +13,7 @@ import torch
 
 from conftest import REPO, assert_proc_error
 from interpreter import config as config_module
-from interpreter import features as features_module
-from interpreter import generate, train
+from interpreter import ensemble, generate, train
 from interpreter import latents as latents_module
 from training import legacy, networks
 
@@ -91,8 +90,8 @@ def test_trained_ensemble_labels_held_out_samples(experiment):
     G = experiment['G']
     z = np.random.RandomState(99).randn(6, 16)  # not among the annotated samples
     truth = _nir_rule(_nir_images(G, z, cfg), experiment['thresholds'])
-    fast = features_module.EnsemblePredictor(models, out_res=RES, mode='bilinear', fast=True)
-    dense = features_module.EnsemblePredictor(models, out_res=RES, mode='bilinear', fast=False)
+    fast = ensemble.EnsemblePredictor(models, out_res=RES, mode='bilinear', fast=True)
+    dense = ensemble.EnsemblePredictor(models, out_res=RES, mode='bilinear', fast=False)
     annotated = np.load(experiment['exp'] / 'annotations' / 'latent_stylegan.npy')
     accuracy = []
     for i in range(len(annotated)):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interpreter import features as fm
+from interpreter import ensemble, feature_maps, projection
 from interpreter import upsample_kernel as uk
 from torch_utils import custom_ops
 
@@ -58,7 +58,7 @@ CASES = [  # resolutions of the maps, output resolution, hidden width
 def test_band_accumulator_matches_pytorch_interpolation(lib, mode, res, out_res, hidden):
     g = torch.Generator().manual_seed(len(res) * 31 + hidden)
     P_list = [torch.randn([r, r, hidden], generator=g) for r in res]
-    sources = [(P, fm.source_taps(r, out_res, mode, np.float32)) for P, r in zip(P_list, res)]
+    sources = [(P, feature_maps.source_taps(r, out_res, mode, np.float32)) for P, r in zip(P_list, res)]
     acc = uk.BandAccumulator(lib, sources, out_res, hidden, threads=2)
     bias = torch.randn([hidden], generator=g)
     scale = sum(P.abs().max().item() for P in P_list)
@@ -82,7 +82,7 @@ def test_band_accumulator_thread_count_does_not_change_the_result(lib):
     g = torch.Generator().manual_seed(3)
     res, out_res, hidden = [4, 16, 32], 64, 24
     P_list = [torch.randn([r, r, hidden], generator=g) for r in res]
-    sources = [(P, fm.source_taps(r, 64, 'bilinear', np.float32)) for P, r in zip(P_list, res)]
+    sources = [(P, feature_maps.source_taps(r, 64, 'bilinear', np.float32)) for P, r in zip(P_list, res)]
     outs = []
     for threads in (1, 2, 3):
         band = torch.zeros([7 * out_res, hidden])
@@ -94,7 +94,7 @@ def test_band_accumulator_thread_count_does_not_change_the_result(lib):
 @needs_kernel
 def test_band_accumulator_rejects_bad_arguments(lib):
     P = torch.zeros([4, 4, 8])
-    acc = uk.BandAccumulator(lib, [(P, fm.source_taps(4, 16, 'bilinear', np.float32))], 16, 8)
+    acc = uk.BandAccumulator(lib, [(P, feature_maps.source_taps(4, 16, 'bilinear', np.float32))], 16, 8)
     with pytest.raises(RuntimeError, match='rejected'):
         acc(torch.zeros([2 * 16, 8]), 15, 2)  # rows past the image
     with pytest.raises(ValueError, match='band'):
@@ -102,9 +102,9 @@ def test_band_accumulator_rejects_bad_arguments(lib):
     with pytest.raises(ValueError, match='bias'):
         acc(torch.zeros([2 * 16, 8]), 0, 2, bias=torch.zeros(7))
     with pytest.raises(ValueError, match='contiguous float32'):
-        uk.BandAccumulator(lib, [(P.double(), fm.source_taps(4, 16, 'bilinear', np.float32))], 16, 8)
+        uk.BandAccumulator(lib, [(P.double(), feature_maps.source_taps(4, 16, 'bilinear', np.float32))], 16, 8)
     with pytest.raises(ValueError, match='taps'):
-        uk.BandAccumulator(lib, [(P, fm.source_taps(4, 15, 'bilinear', np.float32))], 16, 8)
+        uk.BandAccumulator(lib, [(P, feature_maps.source_taps(4, 15, 'bilinear', np.float32))], 16, 8)
 
 
 @needs_kernel
@@ -131,14 +131,15 @@ def test_projection_with_and_without_kernel_match_float64_dense(lib, mode):
     layout = [(3, 4), (5, 4), (2, 8), (4, 16), (3, 32), (2, 32), (6, 64), (4, 64)]
     g = torch.Generator().manual_seed(8)
     maps = [torch.randn([c, r, r], generator=g) for c, r in layout]
-    weight = torch.randn([20, fm.total_channels(layout)], generator=g)
+    weight = torch.randn([20, feature_maps.total_channels(layout)], generator=g)
     bias = torch.randn([20], generator=g)
-    ref = (fm.dense_features([m.double() for m in maps], 64, mode, torch.float64) @ weight.double().T
+    ref = (feature_maps.dense_features([m.double() for m in maps], 64, mode, torch.float64) @ weight.double().T
            + bias.double()).T.reshape(20, 64, 64)
     tol = 1e-5 * ref.abs().max().item()
     for use_kernel in (True, False):
         for band_rows in (1, 7, 64):
-            out = fm.first_layer_projection(maps, weight, bias, 64, mode, band_rows=band_rows, use_kernel=use_kernel)
+            out = projection.first_layer_projection(maps, weight, bias, 64, mode, band_rows=band_rows,
+                                                    use_kernel=use_kernel)
             assert (out.double() - ref).abs().max().item() <= tol, (use_kernel, band_rows)
 
 
@@ -147,27 +148,27 @@ def test_predictor_uses_the_kernel_where_it_can(lib):
     layout = [(6, 4), (4, 8), (3, 16)]
     maps = [torch.randn([c, r, r]) for c, r in layout]
     model = torch.nn.Sequential(torch.nn.Linear(13, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    auto = fm.EnsemblePredictor([model], 16)
+    auto = ensemble.EnsemblePredictor([model], 16)
     auto(maps)
     assert auto._plan.kernel is not None
     assert len(auto._passes) == 1 and len(auto._passes[0][0].members) == 1  # one model: one pass
-    off = fm.EnsemblePredictor([model], 16, use_kernel=False)
+    off = ensemble.EnsemblePredictor([model], 16, use_kernel=False)
     off(maps)
     assert off._plan.kernel is None
     with custom_ops.reference_ops():  # BIGAN_REF_OPS / reference_ops() turn it off too
-        forced = fm.EnsemblePredictor([model], 16)
+        forced = ensemble.EnsemblePredictor([model], 16)
         forced(maps)
         assert forced._plan.kernel is None
         with pytest.raises(RuntimeError, match='not available'):
-            fm.EnsemblePredictor([model], 16, use_kernel=True)(maps)
+            ensemble.EnsemblePredictor([model], 16, use_kernel=True)(maps)
     with pytest.raises(ValueError, match='float32'):
-        fm.EnsemblePredictor([model.double()], 16, use_kernel=True)([m.double() for m in maps])
+        ensemble.EnsemblePredictor([model.double()], 16, use_kernel=True)([m.double() for m in maps])
     # models per pass by default: 2 with the kernel, 1 without
     models = [torch.nn.Sequential(torch.nn.Linear(13, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)) for _ in range(3)]
-    with_kernel = fm.EnsemblePredictor(models, 16)
+    with_kernel = ensemble.EnsemblePredictor(models, 16)
     with_kernel(maps)
     assert [len(p[0].members) for p in with_kernel._passes] == [2, 1]
-    without = fm.EnsemblePredictor(models, 16, use_kernel=False)
+    without = ensemble.EnsemblePredictor(models, 16, use_kernel=False)
     without(maps)
     assert [len(p[0].members) for p in without._passes] == [1, 1, 1]
     a, b = with_kernel(maps), without(maps)
@@ -194,10 +195,10 @@ def test_without_a_compiler_the_predictor_falls_back_with_one_warning(monkeypatc
     layout = [(6, 4), (4, 8), (3, 16)]
     maps = [torch.randn([c, r, r]) for c, r in layout]
     model = torch.nn.Sequential(torch.nn.Linear(13, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    fast = fm.EnsemblePredictor([model], 16)
+    fast = ensemble.EnsemblePredictor([model], 16)
     out = fast(maps)
     assert fast._plan.kernel is None
-    dense = fm.EnsemblePredictor([model], 16, fast=False)(maps)
+    dense = ensemble.EnsemblePredictor([model], 16, fast=False)(maps)
     assert torch.equal(out.labels, dense.labels)
 
 
@@ -250,6 +251,7 @@ def test_an_unwritable_cache_builds_privately(monkeypatch, tmp_path):
         library = uk.get()
     assert library is not None and library.bigan_kernel_abi() == uk.ABI
     band = torch.zeros([16, 1])
-    acc = uk.BandAccumulator(library, [(torch.ones([2, 2, 1]), fm.source_taps(2, 16, 'bilinear', np.float32))], 16, 1)
+    taps = feature_maps.source_taps(2, 16, 'bilinear', np.float32)
+    acc = uk.BandAccumulator(library, [(torch.ones([2, 2, 1]), taps)], 16, 1)
     acc(band, 0, 1)
     assert torch.allclose(band, torch.ones_like(band))  # the private build works

@@ -19,6 +19,7 @@ import make_training_data
 from conftest import REPO, assert_proc_error
 from interpreter import latents
 from interpreter.config import ConfigError, load_config
+from interpreter.generator_layout import feature_channels
 from training import legacy, networks
 
 RES, Z_DIM, W_DIM = 16, 16, 16
@@ -50,7 +51,7 @@ def setup(tmp_path_factory):
                   stylegan_ver='2', annotation_data_from_w=False, annotation_mask_path='', testing_path='',
                   average_latent='', annotation_image_latent_path='', stylegan_checkpoint=str(pkl), model_num=1,
                   upsample_mode='bilinear', upsample_threshold='8', expand_to_dimensions=G.num_ws)
-    config['dim'][2] = sum(latents.feature_channels(G))
+    config['dim'][2] = sum(feature_channels(G))
     del config['category']
     cfg_path = exp / 'generate.json'
     cfg_path.write_text(json.dumps(config, indent=1))
@@ -128,7 +129,7 @@ def test_stored_latents_regenerate_the_stored_images_exactly(setup, run_a):
         # The features the interpreter will compute come from these very ws: same image from the features path.
         img2, _, feats = latents.synthesize(G_ema, torch.from_numpy(ws_saved[i:i + 1]), return_features=True)
         assert np.array_equal(latents.to_uint8_image(img2[0]), rgb)
-        assert [f.shape[1] for f in feats] == latents.feature_channels(G_ema)
+        assert [f.shape[1] for f in feats] == feature_channels(G_ema)
 
 
 def test_same_seed_same_bytes_other_seed_other_files(setup, run_a):

@@ -30,7 +30,7 @@ def test_constant_is_cached_per_key():
 
 
 def test_nan_to_num():
-    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.5])
+    x = torch.tensor([float('nan'), float('inf'), -float('inf'), 1.5])
     y = misc.nan_to_num(x, nan=0.0, posinf=7.0, neginf=-7.0)
     assert y.tolist() == [0.0, 7.0, -7.0, 1.5]
 
@@ -40,10 +40,10 @@ def test_assert_shape():
     misc.assert_shape(x, [2, 3, 4])
     misc.assert_shape(x, [None, 3, None])
     misc.assert_shape(x, [torch.tensor(2), 3, 4])
-    with pytest.raises(AssertionError, match=re.escape("[2, 3, 4]")) as info:
+    with pytest.raises(AssertionError, match=re.escape('[2, 3, 4]')) as info:
         misc.assert_shape(x, [2, 5, None])
-    assert "[2, 5, ?]" in str(info.value) and "dimension 1" in str(info.value)
-    with pytest.raises(AssertionError, match="dimensions"):
+    assert '[2, 5, ?]' in str(info.value) and 'dimension 1' in str(info.value)
+    with pytest.raises(AssertionError, match='dimensions'):
         misc.assert_shape(x, [2, 3])
     with pytest.raises(AssertionError):
         misc.assert_shape(x, [torch.tensor(9), 3, 4])
@@ -54,19 +54,19 @@ def test_profiled_function_keeps_name_and_result():
     def add_one(x, k=1):
         return x + k
 
-    assert add_one.__name__ == "add_one"
+    assert add_one.__name__ == 'add_one'
     assert add_one(2, k=3) == 5
 
 
 def test_get_device():
-    assert misc.get_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert misc.get_device('cpu') == torch.device('cpu')
+    expected = 'cuda' if torch.cuda.is_available() else 'cpu'
     assert misc.get_device().type == expected
     assert misc.get_device().index is None  # Never pinned to a particular GPU.
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
-            misc.get_device("cuda")
-    for bad in ("tpu", "cuda:99" if torch.cuda.is_available() else "cuda:0"):
+        with pytest.raises(RuntimeError, match='CUDA is not available'):
+            misc.get_device('cuda')
+    for bad in ('tpu', 'cuda:99' if torch.cuda.is_available() else 'cuda:0'):
         with pytest.raises(misc.DeviceError) as err:
             misc.get_device(bad)
         assert isinstance(err.value, ValueError) and isinstance(err.value, RuntimeError)  # both callers' contracts
@@ -102,7 +102,7 @@ def _take(sampler, count):
     return [int(i) for i in itertools.islice(iter(sampler), count)]
 
 
-@pytest.mark.parametrize("n, seed, window_size", [(10, 0, 0.5), (10, 3, 0.25), (7, 123, 1.0), (37, 5, 0.5)])
+@pytest.mark.parametrize('n, seed, window_size', [(10, 0, 0.5), (10, 3, 0.25), (7, 123, 1.0), (37, 5, 0.5)])
 def test_infinite_sampler_shuffled_matches_reference(n, seed, window_size):
     dataset = list(range(n))
     got = _take(misc.InfiniteSampler(dataset, seed=seed, window_size=window_size), 50)
@@ -153,8 +153,8 @@ def _net(seed):
 
 def test_named_params_and_buffers_order():
     names = [name for name, _ in misc.named_params_and_buffers(_net(0))]
-    assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
-                     "1.num_batches_tracked"]
+    assert names == ['0.weight', '0.bias', '1.weight', '1.bias', '1.running_mean', '1.running_var',
+                     '1.num_batches_tracked']
     assert len(misc.params_and_buffers(_net(0))) == 7
 
 
@@ -179,14 +179,14 @@ def test_copy_params_and_buffers_missing_names():
     misc.copy_params_and_buffers(src, dst)  # Missing source names are allowed by default ...
     assert torch.equal(dst[0].weight, src[0].weight)
     assert torch.equal(dst[1].weight, extra_before)  # ... and keep their values.
-    with pytest.raises(KeyError, match=re.escape("1.weight")):
+    with pytest.raises(KeyError, match=re.escape('1.weight')):
         misc.copy_params_and_buffers(src, dst, require_all=True)
 
 
 def test_copy_params_and_buffers_rejects_shape_mismatch():
     src = torch.nn.Sequential(torch.nn.Linear(1, 1))
     dst = torch.nn.Sequential(torch.nn.Linear(1, 3))
-    with pytest.raises(ValueError, match="0.weight"):
+    with pytest.raises(ValueError, match='0.weight'):
         misc.copy_params_and_buffers(src, dst)
 
 
@@ -215,13 +215,13 @@ def test_print_module_summary_returns_outputs_and_prints_real_totals(capsys):
     text = capsys.readouterr().out
     # Hand count: Linear(4, 8) 32 + 8, BatchNorm1d(8) 8 + 8, Linear(8, 2) 16 + 2 -> 74 parameters;
     # BatchNorm buffers: running_mean 8 + running_var 8 + num_batches_tracked 1 -> 17.
-    total = [line.split() for line in text.splitlines() if line.startswith("Total")]
-    assert total == [["Total", "74", "17", "-", "-"]]
+    total = [line.split() for line in text.splitlines() if line.startswith('Total')]
+    assert total == [['Total', '74', '17', '-', '-']]
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
-    assert rows["0"][1:] == ["40", "-", "[5,", "8]", "float32"]
-    assert rows["1"][1:3] == ["16", "17"]
-    assert rows["3.0"][1] == "18"  # Nested module, within max_nesting.
-    assert "[5, 2]" in text
+    assert rows['0'][1:] == ['40', '-', '[5,', '8]', 'float32']
+    assert rows['1'][1:3] == ['16', '17']
+    assert rows['3.0'][1] == '18'  # Nested module, within max_nesting.
+    assert '[5, 2]' in text
 
 
 def test_print_module_summary_max_nesting_folds_deep_modules(capsys):
@@ -229,6 +229,6 @@ def test_print_module_summary_max_nesting_folds_deep_modules(capsys):
     misc.print_module_summary(net, [torch.zeros([1, 2])], max_nesting=1)
     text = capsys.readouterr().out
     names = [line.split()[0] for line in text.splitlines() if line.strip()]
-    assert "0.0" not in names and "0" in names  # The inner Linear is folded into its parent row.
+    assert '0.0' not in names and '0' in names  # The inner Linear is folded into its parent row.
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
-    assert rows["0"][1] == "9" and rows["1"][1] == "4" and rows["Total"][1] == "13"
+    assert rows['0'][1] == '9' and rows['1'][1] == '4' and rows['Total'][1] == '13'

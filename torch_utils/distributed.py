@@ -221,7 +221,7 @@ def launch(fn: Callable, args: tuple = (), gpus: Optional[int] = None, device_ty
     world = from_environment()
     if world is not None:
         if gpus is not None and gpus != world.size:
-            raise DistributedError(f'--gpus {gpus} disagrees with torchrun\'s world size {world.size}; '
+            raise DistributedError(f"--gpus {gpus} disagrees with torchrun's world size {world.size}; "
                                    'leave --gpus out under torchrun')
         return _run_rank(world, fn, args, device_type, timeout_s, 'env://')
     gpus = gpus or 1

@@ -29,18 +29,18 @@ def get_device(device=None) -> torch.device:
     torch.cuda.set_device(), so nothing here pins work to a particular GPU. Raises ``DeviceError`` for an unknown
     device string or a CUDA device this machine does not have.
     """
-    if device is None or device == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None or device == '':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"unknown device {device!r} ({exc})") from None
-    if device.type == "cuda":
+        raise DeviceError(f'unknown device {device!r} ({exc})') from None
+    if device.type == 'cuda':
         if not torch.cuda.is_available():
             raise DeviceError(f"Device {str(device)!r} was requested but CUDA is not available; use 'cpu'")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"Device {str(device)!r} was requested but only {torch.cuda.device_count()} CUDA "
-                              "device(s) are visible")
+            raise DeviceError(f'Device {str(device)!r} was requested but only {torch.cuda.device_count()} CUDA '
+                              'device(s) are visible')
     return device
 
 
@@ -61,7 +61,7 @@ def constant(value, shape=None, dtype=None, device=None, memory_format=None) -> 
         shape = tuple(shape)
     if dtype is None:
         dtype = torch.get_default_dtype()
-    device = torch.device("cpu") if device is None else torch.device(device)
+    device = torch.device('cpu') if device is None else torch.device(device)
     if memory_format is None:
         memory_format = torch.contiguous_format
     key = (value.shape, value.dtype, value.tobytes(), shape, dtype, device, memory_format)
@@ -89,12 +89,12 @@ class suppress_tracer_warnings(warnings.catch_warnings):  # noqa: N801 (upstream
 
     def __enter__(self):
         result = super().__enter__()
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter('ignore', category=torch.jit.TracerWarning)
         return result
 
 
 def _shape_str(shape) -> str:
-    return "[" + ", ".join("?" if s is None else str(int(s)) for s in shape) + "]"
+    return '[' + ', '.join('?' if s is None else str(int(s)) for s in shape) + ']'
 
 
 def assert_shape(tensor: torch.Tensor, ref_shape: Sequence) -> None:
@@ -105,8 +105,8 @@ def assert_shape(tensor: torch.Tensor, ref_shape: Sequence) -> None:
     actual = tuple(tensor.shape)
     if tensor.ndim != len(ref_shape):
         with suppress_tracer_warnings():
-            raise AssertionError(f"Wrong number of dimensions: got {tensor.ndim} (shape {_shape_str(actual)}), "
-                                 f"expected {len(ref_shape)} (shape {_shape_str(ref_shape)})")
+            raise AssertionError(f'Wrong number of dimensions: got {tensor.ndim} (shape {_shape_str(actual)}), '
+                                 f'expected {len(ref_shape)} (shape {_shape_str(ref_shape)})')
     for idx, (size, ref_size) in enumerate(zip(actual, ref_shape)):
         if ref_size is None:
             continue
@@ -117,8 +117,8 @@ def assert_shape(tensor: torch.Tensor, ref_shape: Sequence) -> None:
             ok = size == ref_size
         if not ok:
             with suppress_tracer_warnings():
-                raise AssertionError(f"Wrong size for dimension {idx}: got {int(size)}, expected {int(ref_size)} "
-                                     f"(shape {_shape_str(actual)}, expected {_shape_str(ref_shape)})")
+                raise AssertionError(f'Wrong size for dimension {idx}: got {int(size)}, expected {int(ref_size)} '
+                                     f'(shape {_shape_str(actual)}, expected {_shape_str(ref_shape)})')
 
 
 def profiled_function(fn):
@@ -148,11 +148,11 @@ class InfiniteSampler(torch.utils.data.Sampler):
     def __init__(self, dataset, rank: int = 0, num_replicas: int = 1, shuffle: bool = True, seed: int = 0,
                  window_size: float = 0.5):
         if len(dataset) <= 0:
-            raise ValueError("InfiniteSampler needs a non-empty dataset")
+            raise ValueError('InfiniteSampler needs a non-empty dataset')
         if num_replicas <= 0 or not 0 <= rank < num_replicas:
-            raise ValueError(f"Invalid rank {rank} for {num_replicas} replicas")
+            raise ValueError(f'Invalid rank {rank} for {num_replicas} replicas')
         if not 0 <= window_size <= 1:
-            raise ValueError(f"window_size must be in [0, 1], got {window_size}")
+            raise ValueError(f'window_size must be in [0, 1], got {window_size}')
         super().__init__()
         self.dataset = dataset
         self.rank = rank
@@ -216,12 +216,12 @@ def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Mo
                 missing.append(name)
                 continue
             if src.shape != tensor.shape:
-                raise ValueError(f"Cannot copy {name!r}: source shape {list(src.shape)} differs from destination "
-                                 f"shape {list(tensor.shape)}")
+                raise ValueError(f'Cannot copy {name!r}: source shape {list(src.shape)} differs from destination '
+                                 f'shape {list(tensor.shape)}')
             tensor.copy_(src.detach())
     if require_all and missing:
-        shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
-        raise KeyError(f"Source module {type(src_module).__name__} has no tensor for: {shown}")
+        shown = ', '.join(missing[:10]) + (f' ... ({len(missing)} in all)' if len(missing) > 10 else '')
+        raise KeyError(f'Source module {type(src_module).__name__} has no tensor for: {shown}')
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def check_ddp_consistency(module: torch.nn.Module, ignore_regex: Optional[str] =
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     for name, tensor in named_params_and_buffers(module):
-        fullname = type(module).__name__ + "." + name
+        fullname = type(module).__name__ + '.' + name
         if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
             continue
         tensor = tensor.detach()
@@ -300,8 +300,8 @@ def print_module_summary(module: torch.nn.Module, inputs, max_nesting: int = 3, 
 
     names = {mod: name for name, mod in module.named_modules()}
     seen = set()
-    rows = [[type(module).__name__, "Parameters", "Buffers", "Output shape", "Datatype"]]
-    rows.append(["---"] * len(rows[0]))
+    rows = [[type(module).__name__, 'Parameters', 'Buffers', 'Output shape', 'Datatype']]
+    rows.append(['---'] * len(rows[0]))
     param_total = 0
     buffer_total = 0
     for mod, outs in entries:
@@ -315,20 +315,20 @@ def print_module_summary(module: torch.nn.Module, inputs, max_nesting: int = 3, 
         num_buffers = sum(t.numel() for t in buffers)
         param_total += num_params
         buffer_total += num_buffers
-        name = "<top-level>" if mod is module else names.get(mod, type(mod).__name__)
-        out_names = [name + (f":{i}" if len(outs) >= 2 else "") for i in range(len(outs))] or [name]
-        shapes = [str(list(t.shape)) for t in outs] or ["-"]
-        dtypes = [str(t.dtype).split(".")[-1] for t in outs] or ["-"]
-        rows.append([out_names[0], str(num_params) if num_params else "-", str(num_buffers) if num_buffers else "-",
+        name = '<top-level>' if mod is module else names.get(mod, type(mod).__name__)
+        out_names = [name + (f':{i}' if len(outs) >= 2 else '') for i in range(len(outs))] or [name]
+        shapes = [str(list(t.shape)) for t in outs] or ['-']
+        dtypes = [str(t.dtype).split('.')[-1] for t in outs] or ['-']
+        rows.append([out_names[0], str(num_params) if num_params else '-', str(num_buffers) if num_buffers else '-',
                      shapes[0], dtypes[0]])
         for i in range(1, len(outs)):
-            rows.append([out_names[i], "-", "-", shapes[i], dtypes[i]])
-    rows.append(["---"] * len(rows[0]))
-    rows.append(["Total", str(param_total), str(buffer_total), "-", "-"])
+            rows.append([out_names[i], '-', '-', shapes[i], dtypes[i]])
+    rows.append(['---'] * len(rows[0]))
+    rows.append(['Total', str(param_total), str(buffer_total), '-', '-'])
 
     widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
     print()
     for row in rows:
-        print("  ".join(cell + " " * (width - len(cell)) for cell, width in zip(row, widths)).rstrip())
+        print('  '.join(cell + ' ' * (width - len(cell)) for cell, width in zip(row, widths)).rstrip())
     print()
     return outputs

@@ -5,9 +5,11 @@ A class decorated with ``@persistent_class`` records the arguments it was built 
 project's own code, as upstream users expect from ``pickle.load(f)['G_ema']``, and a checkpoint carries no program.
 
 Official StyleGAN2-ADA pickles reference ``torch_utils.persistence._reconstruct_persistent_obj`` with the full
-source of the defining module inside. The function of that name here ignores the source: it maps the recorded class
-name onto this project's class and restores the weights (``training.legacy`` does the mapping), so even a plain
-``pickle.load`` of such a file never executes the code stored in it. ``training.legacy.load_network_pkl`` goes
+source of the defining module inside. The function of that name here ignores the source: it keeps each sub-module as
+data and hands the top-level ones to a converter that builds this project's module and restores the weights. The
+converter is passed in, not imported (it needs the networks, which import this module): ``training.legacy``
+registers its own when imported (``set_upstream_converter``) and its unpickler passes it explicitly. So even a plain
+``pickle.load`` of such a file never executes the code stored in it; ``training.legacy.load_network_pkl`` goes
 further and refuses every global it does not know.
 """
 
@@ -95,9 +97,24 @@ class PersistentRecord:
 # Top-level classes are converted into this project's modules as soon as they are unpickled.
 _TOP_LEVEL = ('Generator', 'Discriminator', 'AugmentPipe')
 
+_upstream_converter = None  # PersistentRecord -> module, for plain pickle.load (see set_upstream_converter)
+
+
+def set_upstream_converter(convert):
+    """Make ``convert(record)`` (a top-level ``PersistentRecord`` -> this project's module) the converter a plain
+    ``pickle.load`` of an upstream pickle uses; ``training.legacy`` registers its own when imported."""
+    global _upstream_converter
+    _upstream_converter = convert
+
 
 def _reconstruct_persistent_obj(meta):
-    """Safe stand-in for upstream's loader: never looks at ``meta['module_src']``."""
+    """Safe stand-in for upstream's loader: never looks at ``meta['module_src']``; converts with the registered
+    converter."""
+    return reconstruct_upstream(meta, _upstream_converter)
+
+
+def reconstruct_upstream(meta, convert):
+    """An upstream persistent object as data: a ``PersistentRecord``, or for a top-level class ``convert(record)``."""
     if not isinstance(meta, dict) or meta.get('type') != 'class':
         raise PersistenceError('not a StyleGAN2-ADA persistent object')
     if meta.get('version') != 6:
@@ -109,7 +126,9 @@ def _reconstruct_persistent_obj(meta):
     if not isinstance(state, dict):
         raise PersistenceError(f'persistent object {class_name!r} has no state dict')
     record = PersistentRecord(class_name, state)
-    if class_name in _TOP_LEVEL:
-        from training import legacy  # late import: legacy imports the networks, which import this module
-        return legacy.convert_upstream_record(record)
-    return record
+    if class_name not in _TOP_LEVEL:
+        return record
+    if convert is None:
+        raise PersistenceError(f'an upstream StyleGAN2-ADA {class_name} needs a converter: load the pickle with '
+                               f'training.legacy.load_network_pkl (or import training.legacy first)')
+    return convert(record)

@@ -34,7 +34,7 @@ def init_multiprocessing(rank: int, sync_device) -> None:
     """
     global _rank, _sync_device
     if _sync_called:
-        raise RuntimeError("training_stats.init_multiprocessing() must be called before the first Collector.update()")
+        raise RuntimeError('training_stats.init_multiprocessing() must be called before the first Collector.update()')
     _rank = int(rank)
     _sync_device = None if sync_device is None else torch.device(sync_device)
 
@@ -78,7 +78,7 @@ def _sync(names: List[str]) -> List[Tuple[str, torch.Tensor]]:
         return []
     _sync_called = True
 
-    device = _sync_device if _sync_device is not None else torch.device("cpu")
+    device = _sync_device if _sync_device is not None else torch.device('cpu')
     deltas = []
     for name in names:
         delta = torch.zeros([_num_moments], dtype=_counter_dtype, device=device)
@@ -108,7 +108,7 @@ class Collector:
     `update()` is a collective operation in multi-process runs: call it on every process at the same point.
     """
 
-    def __init__(self, regex: str = ".*", keep_previous: bool = True):
+    def __init__(self, regex: str = '.*', keep_previous: bool = True):
         self._regex = re.compile(regex)
         self._keep_previous = keep_previous
         self._cumulative: Dict[str, torch.Tensor] = dict()  # This collector's view of _cumulative at its last update.
@@ -147,7 +147,7 @@ class Collector:
         """Mean of the last interval's values; NaN if there were none."""
         delta = self._get_delta(name)
         if int(delta[0]) == 0:
-            return float("nan")
+            return float('nan')
         return float(delta[1] / delta[0])
 
     def std(self, name: str) -> float:
@@ -155,7 +155,7 @@ class Collector:
         delta = self._get_delta(name)
         count = int(delta[0])
         if count == 0 or not np.isfinite(float(delta[1])):
-            return float("nan")
+            return float('nan')
         if count == 1:
             return 0.0
         mean = float(delta[1] / delta[0])

@@ -5,14 +5,14 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
-from training.dataset import DatasetError, PairedFiles, _is_power_of_two, _progress
+import dnnlib
+from training.image_pairs import DatasetError, PairedFiles, _is_power_of_two, _progress
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Output: a folder or zip written under a temporary name and moved into place at the end.
@@ -28,24 +28,17 @@ class DatasetWriter:
 
     def __init__(self, dest, overwrite=False):
         self.dest = Path(os.path.abspath(os.fspath(dest)))
-        self.is_zip = self.dest.suffix.lower() == ".zip"
+        self.is_zip = self.dest.suffix.lower() == '.zip'
         self.overwrite = overwrite
         check_destination(dest, overwrite)
         self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.dest.with_name(f"{self.dest.name}.tmp-{os.getpid()}")
-        self._remove(self.tmp)
+        self.tmp = self.dest.with_name(f'{self.dest.name}.tmp-{os.getpid()}')
+        dnnlib.util.remove_path(self.tmp)
         self._zip = None
         if self.is_zip:
-            self._zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED)
+            self._zip = zipfile.ZipFile(self.tmp, 'w', compression=zipfile.ZIP_STORED)
         else:
             self.tmp.mkdir()
-
-    @staticmethod
-    def _remove(path: Path):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
 
     def write_bytes(self, rel: str, data: bytes):
         if self._zip is not None:
@@ -59,26 +52,17 @@ class DatasetWriter:
 
     def write_png(self, rel: str, array: np.ndarray, compress_level=6):
         buf = io.BytesIO()
-        PIL.Image.fromarray(array).save(buf, format="png", compress_level=compress_level)
+        PIL.Image.fromarray(array).save(buf, format='png', compress_level=compress_level)
         self.write_bytes(rel, buf.getvalue())
 
     def write_json(self, rel: str, obj):
-        self.write_bytes(rel, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
+        self.write_bytes(rel, (json.dumps(obj, indent=1) + '\n').encode('utf-8'))
 
     def commit(self):
         if self._zip is not None:
             self._zip.close()
             self._zip = None
-            os.replace(self.tmp, self.dest)
-            return
-        old = None
-        if self.dest.exists():
-            old = self.dest.with_name(f"{self.dest.name}.old-{os.getpid()}")
-            self._remove(old)
-            os.replace(self.dest, old)
-        os.replace(self.tmp, self.dest)
-        if old is not None:
-            self._remove(old)
+        dnnlib.util.swap_in(self.tmp, self.dest)
 
     def abort(self):
         if self._zip is not None:
@@ -86,7 +70,7 @@ class DatasetWriter:
                 self._zip.close()
             self._zip = None
         with contextlib.suppress(OSError):
-            self._remove(self.tmp)
+            dnnlib.util.remove_path(self.tmp)
 
     def __enter__(self):
         return self
@@ -101,24 +85,24 @@ class DatasetWriter:
 def check_destination(dest, overwrite=False):
     """Raise DatasetError when ``dest`` may not be written (exists and not replaceable)."""
     d = Path(os.fspath(dest))
-    is_zip = d.suffix.lower() == ".zip"
+    is_zip = d.suffix.lower() == '.zip'
     if not d.exists():
         return
     if is_zip and d.is_dir():
-        raise DatasetError(d, "is a folder, not a .zip file")
+        raise DatasetError(d, 'is a folder, not a .zip file')
     if not is_zip and not d.is_dir():
-        raise DatasetError(d, "exists and is not a folder")
+        raise DatasetError(d, 'exists and is not a folder')
     if d.is_dir() and not any(d.iterdir()):
         return
     if not overwrite:
-        raise DatasetError(d, "already exists and is not empty; use --overwrite to replace it")
+        raise DatasetError(d, 'already exists and is not empty; use --overwrite to replace it')
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Conversion (dataset_tool.py convert)
 
-TRANSFORMS = (None, "center-crop", "center-crop-wide")
-RESIZE_FILTERS = {"box": PIL.Image.BOX, "lanczos": PIL.Image.LANCZOS}
+TRANSFORMS = (None, 'center-crop', 'center-crop-wide')
+RESIZE_FILTERS = {'box': PIL.Image.BOX, 'lanczos': PIL.Image.LANCZOS}
 
 
 def _output_size(size, transform, resolution):
@@ -126,7 +110,7 @@ def _output_size(size, transform, resolution):
     w, h = int(size[0]), int(size[1])
     if resolution is not None:
         return resolution, resolution
-    if transform == "center-crop":
+    if transform == 'center-crop':
         return min(w, h), min(w, h)
     return w, h
 
@@ -134,14 +118,14 @@ def _output_size(size, transform, resolution):
 def transform_image(img: PIL.Image.Image, transform, resolution, resample) -> PIL.Image.Image:
     """Apply a conversion transform to one image (RGB, grey or an integer mask in mode I with NEAREST)."""
     w, h = img.size
-    if transform == "center-crop":
+    if transform == 'center-crop':
         s = min(w, h)
         left, top = (w - s) // 2, (h - s) // 2
         img = img.crop((left, top, left + s, top + s))
         if resolution is not None and s != resolution:
             img = img.resize((resolution, resolution), resample)
         return img
-    if transform == "center-crop-wide":
+    if transform == 'center-crop-wide':
         # Scale to the full width, then keep the middle rows (tall images) or letterbox on black (wide images).
         new_h = max(1, int(round(resolution * h / w)))
         if (w, h) != (resolution, new_h):
@@ -157,7 +141,7 @@ def transform_image(img: PIL.Image.Image, transform, resolution, resample) -> PI
     return img
 
 
-def convert_dataset(source, dest, max_images=None, resolution=None, transform=None, resize_filter="lanczos",
+def convert_dataset(source, dest, max_images=None, resolution=None, transform=None, resize_filter='lanczos',
                     overwrite=False, progress=False) -> dict:
     """Convert a paired dataset to the standard layout (``images/``, ``NIR/``, ``masks/``, ``dataset.json``).
 
@@ -165,57 +149,57 @@ def convert_dataset(source, dest, max_images=None, resolution=None, transform=No
     uncompressed zip when it ends in .zip) only when complete. Returns a summary dict. Raises DatasetError.
     """
     if transform not in TRANSFORMS:
-        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+        raise ValueError(f'transform must be one of {TRANSFORMS}, got {transform!r}')
     if resize_filter not in RESIZE_FILTERS:
-        raise ValueError(f"resize_filter must be one of {sorted(RESIZE_FILTERS)}, got {resize_filter!r}")
+        raise ValueError(f'resize_filter must be one of {sorted(RESIZE_FILTERS)}, got {resize_filter!r}')
     if resolution is not None and (int(resolution) < 4 or not _is_power_of_two(int(resolution))):
-        raise DatasetError("--resolution", f"must be a power of two >= 4, got {resolution}")
-    if transform == "center-crop-wide" and resolution is None:
-        raise DatasetError("--transform", "center-crop-wide needs --resolution")
+        raise DatasetError('--resolution', f'must be a power of two >= 4, got {resolution}')
+    if transform == 'center-crop-wide' and resolution is None:
+        raise DatasetError('--transform', 'center-crop-wide needs --resolution')
     if max_images is not None and int(max_images) < 1:
-        raise DatasetError("--max-images", f"must be at least 1, got {max_images}")
+        raise DatasetError('--max-images', f'must be at least 1, got {max_images}')
     check_destination(dest, overwrite)
 
-    files = PairedFiles(source, masks="auto", labels="auto")
+    files = PairedFiles(source, masks='auto', labels='auto')
     count = len(files) if max_images is None else min(len(files), int(max_images))
     out_size = None
     for i in range(count):  # Output geometry, from the headers alone: fail before writing anything.
         w, h = _output_size(files.sizes[i], transform, resolution)
         if w != h or not _is_power_of_two(w):
-            fix = "pass --resolution (and --transform=center-crop for non-square images)"
-            raise DatasetError(files.display_rgb(i), f"would be stored as {w}x{h}; images must be square with a "
-                                                     f"power-of-two side: {fix}")
+            fix = 'pass --resolution (and --transform=center-crop for non-square images)'
+            raise DatasetError(files.display_rgb(i), f'would be stored as {w}x{h}; images must be square with a '
+                                                     f'power-of-two side: {fix}')
         if out_size is None:
             out_size = (w, h)
         elif (w, h) != out_size:
-            raise DatasetError(files.display_rgb(i), f"would be stored as {w}x{h} but {files.display_rgb(0)} as "
-                                                     f"{out_size[0]}x{out_size[1]}; pass --resolution")
+            raise DatasetError(files.display_rgb(i), f'would be stored as {w}x{h} but {files.display_rgb(0)} as '
+                                                     f'{out_size[0]}x{out_size[1]}; pass --resolution')
 
     resample = RESIZE_FILTERS[resize_filter]
     labels = []
     with DatasetWriter(dest, overwrite=overwrite) as writer:
-        for i in _progress(range(count), progress, "converting", total=count):
-            name = f"{files.keys[i]}.png"
+        for i in _progress(range(count), progress, 'converting', total=count):
+            name = f'{files.keys[i]}.png'
             rgb = transform_image(PIL.Image.fromarray(files.load_rgb(i)), transform, resolution, resample)
             nir = transform_image(PIL.Image.fromarray(files.load_nir(i)), transform, resolution, resample)
-            writer.write_png(f"images/{name}", np.asarray(rgb), compress_level=0)
-            writer.write_png(f"NIR/{name}", np.asarray(nir), compress_level=0)
+            writer.write_png(f'images/{name}', np.asarray(rgb), compress_level=0)
+            writer.write_png(f'NIR/{name}', np.asarray(nir), compress_level=0)
             if files.has_masks:
                 mask = files.load_mask(i)
                 small = mask.min() >= 0 and mask.max() <= 255
                 img = PIL.Image.fromarray(mask.astype(np.uint8 if small else np.int32))
                 mask = np.asarray(transform_image(img, transform, resolution, PIL.Image.NEAREST))
                 if small:
-                    writer.write_png(f"masks/{name}", mask.astype(np.uint8), compress_level=0)
+                    writer.write_png(f'masks/{name}', mask.astype(np.uint8), compress_level=0)
                 else:
                     buf = io.BytesIO()
                     np.save(buf, mask.astype(np.int64))
-                    writer.write_bytes(f"masks/{files.keys[i]}.npy", buf.getvalue())
+                    writer.write_bytes(f'masks/{files.keys[i]}.npy', buf.getvalue())
             labels.append([name, None if files.labels is None else files.labels[i]])
         all_labelled = files.labels is not None and all(label is not None for _, label in labels)
-        writer.write_json("dataset.json", {"labels": labels if all_labelled else None})
+        writer.write_json('dataset.json', {'labels': labels if all_labelled else None})
         if files.classes is not None:
-            writer.write_json("classes.json", files.classes)
+            writer.write_json('classes.json', files.classes)
     return dict(source=files.path, dest=os.fspath(dest), count=count, resolution=out_size[0],
                 masks=files.has_masks, labels=all_labelled, grayscale_converted=files.num_grey_rgb,
                 nir_reduced=files.num_rgb_nir)

@@ -6,13 +6,13 @@ import os
 
 import numpy as np
 
-from training.dataset import DatasetError, _is_power_of_two, _progress
 from training.dataset_convert import DatasetWriter
+from training.image_pairs import DatasetError, _is_power_of_two, _progress
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Demo data: procedurally rendered eyes with aligned NIR and class-index masks (dataset_tool.py demo)
 
-DEMO_CLASSES = ("background", "sclera", "iris", "pupil")
+DEMO_CLASSES = ('background', 'sclera', 'iris', 'pupil')
 
 # Skin tones from light to dark (sRGB, 0..1), interpolated by a melanin parameter.
 _SKIN_TONES = np.array([[0.96, 0.80, 0.71], [0.88, 0.66, 0.55], [0.76, 0.56, 0.42], [0.58, 0.40, 0.28],
@@ -22,11 +22,11 @@ _SKIN_TONES = np.array([[0.96, 0.80, 0.71], [0.88, 0.66, 0.55], [0.76, 0.56, 0.4
 # Dark irides show little texture in visible light; in NIR melanin is nearly transparent and every iris is a
 # brighter mid grey with its fibres visible.
 _IRIS_TYPES = (
-    ("brown", 0.35, (0.40, 0.23, 0.11), (0.27, 0.15, 0.07), 0.14),
-    ("hazel", 0.15, (0.52, 0.36, 0.14), (0.36, 0.40, 0.22), 0.22),
-    ("green", 0.15, (0.55, 0.50, 0.25), (0.30, 0.44, 0.28), 0.24),
-    ("blue", 0.20, (0.56, 0.67, 0.80), (0.30, 0.44, 0.62), 0.30),
-    ("grey", 0.15, (0.62, 0.64, 0.64), (0.40, 0.45, 0.48), 0.26),
+    ('brown', 0.35, (0.40, 0.23, 0.11), (0.27, 0.15, 0.07), 0.14),
+    ('hazel', 0.15, (0.52, 0.36, 0.14), (0.36, 0.40, 0.22), 0.22),
+    ('green', 0.15, (0.55, 0.50, 0.25), (0.30, 0.44, 0.28), 0.24),
+    ('blue', 0.20, (0.56, 0.67, 0.80), (0.30, 0.44, 0.62), 0.30),
+    ('grey', 0.15, (0.62, 0.64, 0.64), (0.40, 0.45, 0.48), 0.26),
 )
 
 
@@ -76,7 +76,7 @@ class _Eye:
             if self._sample_geometry(rng, px, margin):
                 break
         else:  # pragma: no cover - the acceptance rate is far above 1/200 for every resolution.
-            raise RuntimeError("could not place a demo eye")
+            raise RuntimeError('could not place a demo eye')
         self._sample_appearance(rng)
 
     # ---- geometry
@@ -366,7 +366,7 @@ def render_demo_pair(resolution: int, seed: int, index: int = 0):
     """
     resolution = int(resolution)
     if resolution < 16 or not _is_power_of_two(resolution):
-        raise ValueError(f"demo resolution must be a power of two >= 16, got {resolution}")
+        raise ValueError(f'demo resolution must be a power of two >= 16, got {resolution}')
     eye = _Eye(np.random.default_rng([int(seed), int(index), 0]), resolution)
     noise_rng = np.random.default_rng([int(seed), int(index), 1])
     ss = 4 if resolution <= 32 else 2
@@ -388,18 +388,18 @@ def write_demo_dataset(dest, count=100, resolution=64, seed=0, overwrite=False, 
     """
     count = int(count)
     if count < 1:
-        raise DatasetError("--count", f"must be at least 1, got {count}")
+        raise DatasetError('--count', f'must be at least 1, got {count}')
     if int(resolution) < 16 or not _is_power_of_two(int(resolution)):
-        raise DatasetError("--resolution", f"must be a power of two >= 16, got {resolution}")
+        raise DatasetError('--resolution', f'must be a power of two >= 16, got {resolution}')
     if int(seed) < 0:
-        raise DatasetError("--seed", f"must be non-negative, got {seed}")
+        raise DatasetError('--seed', f'must be non-negative, got {seed}')
     with DatasetWriter(dest, overwrite=overwrite) as writer:
-        for i in _progress(range(count), progress, "rendering", total=count):
+        for i in _progress(range(count), progress, 'rendering', total=count):
             rgb, nir, mask = render_demo_pair(resolution, seed, i)
-            name = f"eye_{i:05d}.png"
-            writer.write_png(f"images/{name}", rgb)
-            writer.write_png(f"NIR/{name}", nir)
-            writer.write_png(f"masks/{name}", mask)
-        writer.write_json("classes.json", {"classes": list(DEMO_CLASSES),
-                                           "description": "mask value = index into classes"})
+            name = f'eye_{i:05d}.png'
+            writer.write_png(f'images/{name}', rgb)
+            writer.write_png(f'NIR/{name}', nir)
+            writer.write_png(f'masks/{name}', mask)
+        writer.write_json('classes.json', {'classes': list(DEMO_CLASSES),
+                                           'description': 'mask value = index into classes'})
     return dict(dest=os.fspath(dest), count=count, resolution=int(resolution), seed=int(seed))

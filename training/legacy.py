@@ -41,6 +41,11 @@ def _numpy_scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dtype)[0] if data is not None else dtype.type()
 
 
+def _reconstruct_upstream(meta):
+    # This module's converter, whatever a plain pickle.load would find registered.
+    return persistence.reconstruct_upstream(meta, convert_upstream_record)
+
+
 _ALLOWED_GLOBALS = {
     ('collections', 'OrderedDict'): collections.OrderedDict,
     ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
@@ -51,7 +56,7 @@ _ALLOWED_GLOBALS = {
     ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
     ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
     ('dnnlib.util', 'EasyDict'): dnnlib.EasyDict,
-    ('torch_utils.persistence', '_reconstruct_persistent_obj'): persistence._reconstruct_persistent_obj,
+    ('torch_utils.persistence', '_reconstruct_persistent_obj'): _reconstruct_upstream,
     ('torch_utils.persistence', '_rebuild_module'): persistence._rebuild_module,
 }
 
@@ -125,7 +130,7 @@ def convert_upstream_record(record):
             raise CheckpointError(f'{record.class_name} cannot stand at the top level of a network pickle')
     except (TypeError, RuntimeError) as exc:  # unknown constructor keyword or mismatching tensors
         message = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f'{record.class_name} does not match this project\'s network: {message}') from None
+        raise CheckpointError(f"{record.class_name} does not match this project's network: {message}") from None
     module.train(bool(record.state.get('training', False)))
     module.requires_grad_(False)  # upstream snapshots store frozen copies
     return module
@@ -155,6 +160,9 @@ def _convert_augment_pipe(kwargs, tensors):
     pipe = augment.AugmentPipe(**kwargs)
     pipe.load_state_dict(tensors, strict=True)
     return pipe
+
+
+persistence.set_upstream_converter(convert_upstream_record)  # a plain pickle.load converts the same way
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -1,4 +1,5 @@
-"""Training configurations and launching: what ``train_db_stylegan2.py`` turns its flags into.
+"""Training configurations, the exact continuation of a saved run, and launching: what ``train_db_stylegan2.py``
+turns its flags into.
 
 The cfg table is StyleGAN2-ADA's with the dual-branch papers' ``auto`` (kimg 10000, 8 mapping layers), BiFaceGAN's
 ``biface256``, and ``tiny``, a small network for CPU work (a few kimg at 32x32 in about a minute on 2 cores).
@@ -13,7 +14,10 @@ import torch
 
 import dnnlib
 from torch_utils import distributed, training_stats
+from training import dataset as dataset_module
 from training import training_loop as loop
+from training.image_pairs import DatasetError
+from training.legacy import CheckpointError
 
 CFG_SPECS = {
     # ref_gpus, kimg, mb, mbstd, fmaps, lrate, gamma, ema, ramp, map (and overrides for the small config)
@@ -54,6 +58,13 @@ class UserError(ValueError):
     """An invalid combination of options; the message is shown as is."""
 
 
+# User errors a training rank can hit (passed on to the launching process as they are).
+_RANK_ERRORS = (UserError, DatasetError, CheckpointError)
+# What the training command line reports as one `error: ...` line (exit code 2; a failed rank: the job ends with its
+# exit code): bad options, data, checkpoints, downloads and launches.
+USER_ERRORS = _RANK_ERRORS + (dnnlib.util.OfflineDownloadError, distributed.DistributedError, distributed.RankFailed)
+
+
 def _cfg_values(cfg, res, gpus):
     spec = dnnlib.EasyDict(CFG_SPECS[cfg])
     if cfg == 'auto':
@@ -80,8 +91,6 @@ def setup_training_options(
 
     ``given`` lists the options the user set explicitly (they enter the run name, as upstream).
     """
-    from training import dataset as dataset_module  # late: only needed here
-
     c = dnnlib.EasyDict()
     if gpus < 1 or (gpus & (gpus - 1)) != 0:
         raise UserError('--gpus must be a power of two')
@@ -270,6 +279,51 @@ def resolve_continuation(resume):
     return os.path.abspath(snapshot), loop.state_path_for(os.path.abspath(snapshot)), previous
 
 
+def continue_run(resume, gpus=None, kimg=None, given=(), log=print):
+    """The exact continuation of the run ``resume`` names (its directory, or a snapshot with its training state):
+    ``(description, training_loop kwargs)`` from its saved options; None when ``resume`` is no such run (a
+    pretrained name, URL or plain pickle: weight transfer). ``gpus`` must match the saved run's process count;
+    ``kimg`` may extend it. Other options the user set in ``given`` are ignored, with a note through ``log``."""
+    continuation = resolve_continuation(resume)
+    if continuation is None:
+        return None
+    snapshot, state, c = continuation
+    processes = c.num_gpus if gpus is None else gpus
+    if processes != c.num_gpus:
+        raise UserError(f'{state}: saved by a run of {c.num_gpus} process(es); an exact continuation needs as many, '
+                        f'not {processes} (--gpus {c.num_gpus}, or torchrun with {c.num_gpus} processes in all)')
+    if kimg is not None:
+        c.total_kimg = kimg  # the one option that may change: train for longer
+    c.resume_pkl, c.resume_state = snapshot, state
+    c.pop('run_dir', None)
+    desc = re.sub(r'^\d+-', '', os.path.basename(os.path.dirname(snapshot))) + '-continued'
+    ignored = sorted(set(given) - {'resume', 'kimg', 'outdir', 'gpus'})
+    if ignored:
+        log(f'Note: continuing {snapshot} with its own options; ignoring --{", --".join(ignored)}')
+    return desc, c
+
+
+def options_from_command_line(options, log=print):
+    """What ``train_db_stylegan2.py``'s options ask for: ``(description, training_loop kwargs)`` of a new run, or of
+    the exact continuation of the run ``--resume`` names. ``options`` maps the option names to their values, None
+    for those not given; under torchrun the process count is its world size."""
+    given = {k for k, v in options.items() if v is not None}
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    world = distributed.from_environment()
+    if world is not None:
+        if kwargs.get('gpus', world.size) != world.size:
+            raise UserError(f'--gpus {kwargs["gpus"]} disagrees with torchrun\'s world size {world.size}; leave '
+                            f'--gpus out under torchrun')
+        kwargs['gpus'] = world.size
+    continued = continue_run(kwargs.get('resume'), gpus=kwargs.get('gpus'), kimg=kwargs.get('kimg'), given=given,
+                             log=log)
+    if continued is not None:
+        return continued
+    if kwargs.get('data') is None:
+        raise UserError('--data is required (unless --resume names a run to continue)')
+    return setup_training_options(given=given, **kwargs)
+
+
 def next_run_dir(outdir, desc):
     prev_ids = []
     if os.path.isdir(outdir):
@@ -324,11 +378,13 @@ def _train_rank(world, c, desc, outdir, device_type):
     return c.run_dir
 
 
-def launch_training(c, desc, outdir, dry_run=False, timeout_s=distributed.DEFAULT_TIMEOUT_S):
+def launch_training(c, desc, outdir, dry_run=False, timeout_s=None):
     """Train ``c`` in a new run directory under ``outdir``: in this process, in ``c.num_gpus`` processes spawned
     here, or on every rank of a torchrun job (whose world size must then equal ``c.num_gpus``). Returns the run
-    directory (None for a dry run, and on the ranks of a torchrun job other than 0)."""
+    directory (None for a dry run, and on the ranks of a torchrun job other than 0). ``timeout_s``: how long a rank
+    waits for a silent peer [default: ``distributed.DEFAULT_TIMEOUT_S``]."""
     c = dnnlib.EasyDict(c)
+    timeout_s = distributed.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     world = distributed.from_environment()
     if dry_run:
         if world is None or world.is_main:
@@ -337,8 +393,6 @@ def launch_training(c, desc, outdir, dry_run=False, timeout_s=distributed.DEFAUL
     if world is not None and world.size != c.num_gpus:
         raise UserError(f'torchrun started {world.size} processes but the run is set up for {c.num_gpus}')
     device_type = c.get('device_type') or ('cuda' if torch.cuda.is_available() else 'cpu')
-    from training.dataset import DatasetError
-    from training.legacy import CheckpointError
     return distributed.launch(_train_rank, args=(c, desc, outdir, device_type),
                               gpus=None if world is not None else c.num_gpus, device_type=device_type,
-                              timeout_s=timeout_s, user_errors=(UserError, DatasetError, CheckpointError))
+                              timeout_s=timeout_s, user_errors=_RANK_ERRORS)

@@ -1,4 +1,4 @@
-/* CPU kernels of the fast mask-generator path (interpreter/features.py).
+/* CPU kernels of the fast mask-generator path (interpreter/projection.py).
  *
  * bigan_upsample_accumulate: fused bilinear/nearest upsampling + accumulation of several low-resolution maps into
  * one band of rows. For output rows y0 .. y0+rows-1 of an R x R image with h channels per pixel (pixel-major,
