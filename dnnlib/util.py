@@ -260,6 +260,12 @@ def format_bytes(num_bytes: float) -> str:
 # Atomic writes
 
 
+def staging_path(path) -> str:
+    """The temporary name ``path`` is written under before it is renamed into place: ``<path>.tmp-<pid>``, beside it
+    (same file system, so the rename is atomic) and distinct per process."""
+    return f'{os.fspath(path)}.tmp-{os.getpid()}'
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = 'wb', fsync: bool = False, **open_kwargs):
     """Open `path + '.tmp-<pid>'` for writing and rename it to `path` only when the block succeeds.
@@ -270,7 +276,7 @@ def atomic_write(path, mode: str = 'wb', fsync: bool = False, **open_kwargs):
     if 'w' not in mode or any(c in mode for c in 'ax'):
         raise ValueError(f"atomic_write needs a 'w' mode, got {mode!r}")
     path = os.fspath(path)
-    tmp_path = f'{path}.tmp-{os.getpid()}'
+    tmp_path = staging_path(path)
     f = open(tmp_path, mode, **open_kwargs)
     try:
         yield f
@@ -291,7 +297,7 @@ def copy_atomic(src, dst) -> None:
     hard link where the file system allows one (no bytes copied; the files the project writes are only ever replaced
     by renaming, never changed in place, so sharing the data is safe)."""
     dst = os.fspath(dst)
-    tmp_path = f'{dst}.tmp-{os.getpid()}'
+    tmp_path = staging_path(dst)
     try:
         try:
             os.link(src, tmp_path)
@@ -354,7 +360,7 @@ def staged_folder(dest):
     untouched. Missing parent folders are created."""
     dest = os.path.abspath(os.fspath(dest))
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    stage = f'{dest}.tmp-{os.getpid()}'
+    stage = staging_path(dest)
     remove_path(stage)
     os.mkdir(stage)
     try:

@@ -414,19 +414,22 @@ class _NewRecords:
 
     def __init__(self, pattern, describe):
         self.pattern, self.describe = pattern, describe
-        self.seen = {path: len(self._complete_lines(path)) for path in glob.glob(pattern)}
+        self.offset = {path: self._complete(path, 0)[1] for path in glob.glob(pattern)}  # bytes already shown
 
     @staticmethod
-    def _complete_lines(path):
-        with open(path) as f:
-            return [line for line in f if line.endswith('\n')]  # the last one may be half written
+    def _complete(path, offset):
+        """The complete lines after byte ``offset`` (the last one may be half written) and the offset after them."""
+        with open(path, 'rb') as f:
+            f.seek(offset)
+            data = f.read()
+        end = data.rfind(b'\n') + 1
+        return data[:end].decode('utf-8').splitlines(), offset + end
 
     def __call__(self):
         shown = []
         for path in sorted(glob.glob(self.pattern)):
-            lines = self._complete_lines(path)
-            shown += [self.describe(json.loads(line)) for line in lines[self.seen.get(path, 0):] if line.strip()]
-            self.seen[path] = len(lines)
+            lines, self.offset[path] = self._complete(path, self.offset.get(path, 0))
+            shown += [self.describe(json.loads(line)) for line in lines if line.strip()]
         return shown
 
 

@@ -167,3 +167,22 @@ def test_notebook_executes(tmp_path):
     assert len(images) >= 7  # an image for every step
     assert (tmp_path / 'nb' / 'overview.png').is_file()
     assert json.loads((tmp_path / 'nb' / 'apf' / 'apf_summary.json').read_text())['counts']['total'] > 0
+
+
+def test_progress_shows_each_complete_record_once(tmp_path):
+    # The demo's live view of a running step: records appended since the last poll, never a half-written line.
+    from pipeline.demo import _NewRecords
+    (tmp_path / 'run1').mkdir()
+    stats = tmp_path / 'run1' / 'stats.jsonl'
+    stats.write_text('{"t": 0}\n')  # there before the step started: not shown
+    progress = _NewRecords(str(tmp_path / '*' / 'stats.jsonl'), lambda r: f't={r["t"]}')
+    assert progress() == []
+    with open(stats, 'a') as f:
+        f.write('{"t": 1}\n{"t": 2}\n{"t"')
+    assert progress() == ['t=1', 't=2']
+    with open(stats, 'a') as f:
+        f.write(': 3}\n')
+    (tmp_path / 'run2').mkdir()
+    (tmp_path / 'run2' / 'stats.jsonl').write_text('{"t": 4}\n')  # a file that appears later is read from its start
+    assert progress() == ['t=3', 't=4']
+    assert progress() == []

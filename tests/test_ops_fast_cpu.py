@@ -73,8 +73,8 @@ BIAS_ACT_CASES = list(itertools.product(list(bias_act.activation_funcs), [None, 
 @pytest.mark.parametrize('act,clamp,gain,dim', BIAS_ACT_CASES)
 def test_bias_act_in_place_inference_matches_reference(act, clamp, gain, dim, monkeypatch):
     calls = []
-    in_place = bias_act._activate_in_place
-    monkeypatch.setattr(bias_act, '_activate_in_place', lambda *a: calls.append(a) or in_place(*a))
+    in_place = bias_act._bias_act_cpu
+    monkeypatch.setattr(bias_act, '_bias_act_cpu', lambda *a, **k: calls.append(a) or in_place(*a, **k))
     x = _rand(3, 4, 5, 2, seed=7).detach()
     b = _rand(x.shape[dim], seed=8).detach()
     x_before = x.clone()
@@ -139,10 +139,18 @@ def test_bias_act_with_gradients_matches_reference_to_second_order(act, bias, ga
     assert torch.equal(x.detach(), x0)
 
 
-def test_bias_act_with_gradients_takes_the_reference_path(monkeypatch):
-    monkeypatch.setattr(bias_act, '_activate_in_place', lambda *a: pytest.fail('in-place path with gradients'))
+@pytest.mark.parametrize('act', ['lrelu', 'tanh'])
+def test_bias_act_with_gradients_leaves_the_input_alone(act, monkeypatch):
+    # With gradients the CPU path runs only for piecewise-linear activations (tanh: the reference), never in place on
+    # the input.
+    if act == 'tanh':
+        monkeypatch.setattr(bias_act, '_bias_act_cpu', lambda *a, **k: pytest.fail('CPU path for tanh with gradients'))
     x = _rand(2, 3, 4, seed=9)
-    y = bias_act.bias_act(x, torch.zeros(3), act='lrelu', clamp=1.0)
+    x0 = x.detach().clone()
+    y = bias_act.bias_act(x, torch.zeros(3), act=act, clamp=1.0)
+    assert torch.equal(x.detach(), x0)
+    if act == 'tanh':
+        return
     g, = torch.autograd.grad(y.sum(), [x])
     torch.testing.assert_close(g, torch.where(x > 0, 1.0, 0.2).double() * np.sqrt(2) * (y.abs() < 1.0).double())
 

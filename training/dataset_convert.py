@@ -32,7 +32,7 @@ class DatasetWriter:
         self.overwrite = overwrite
         check_destination(dest, overwrite)
         self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.dest.with_name(f'{self.dest.name}.tmp-{os.getpid()}')
+        self.tmp = Path(dnnlib.util.staging_path(self.dest))
         dnnlib.util.remove_path(self.tmp)
         self._zip = None
         if self.is_zip:

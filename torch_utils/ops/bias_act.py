@@ -68,12 +68,11 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     dim = _check_args(x, b, dim, impl)
     if impl == 'cuda' and x.device.type == 'cuda' and _plugin.get() is not None:
         return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
-    if impl == 'cuda' and custom_ops.cpu_fast_path(x, b, inference_only=True):
-        # CPU inference: one new tensor, then every step in place on it.
-        y = x + _along(b, dim, x.ndim) if b is not None else x.clone()
-        return _activate_in_place(y, act, alpha, gain, clamp)
-    if impl == 'cuda' and act in ('linear', 'relu', 'lrelu') and custom_ops.cpu_fast_path(x, b):
-        return _bias_act_piecewise_linear(x, b, dim, act, alpha, gain, clamp)
+    # On the CPU: without gradients any activation, with gradients the piecewise-linear ones (a hand-built backward
+    # for the others was slower than the reference's fused kernels).
+    if impl == 'cuda' and custom_ops.cpu_fast_path(x, b) and (
+            act in ('linear', 'relu', 'lrelu') or custom_ops.cpu_fast_path(x, b, inference_only=True)):
+        return _bias_act_cpu(x, b, dim, act, alpha, gain, clamp)
     return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 
@@ -83,8 +82,7 @@ def bias_act_(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None)
     dim = _check_args(x, b, dim, 'cuda')
     if not custom_ops.cpu_fast_path(x, b, inference_only=True):
         return bias_act(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
-    y = x.add_(_along(b, dim, x.ndim)) if b is not None else x
-    return _activate_in_place(y, act, alpha, gain, clamp)
+    return _bias_act_cpu(x, b, dim, act, alpha, gain, clamp, owned=True)
 
 
 def _check_args(x, b, dim, impl):
@@ -106,38 +104,27 @@ def _along(b, dim, ndim):
     return b.reshape([-1 if i == dim else 1 for i in range(ndim)])
 
 
-def _activate_in_place(y, act, alpha, gain, clamp):
-    """Activation, gain and clamp on ``y`` in place (CPU inference). The reference path allocates a tensor per step,
-    and on large feature maps the fresh pages cost as much as the arithmetic. (With gradients the reference path is
-    faster on the CPU: its fused backward kernels beat a hand-built one.)"""
+def _bias_act_cpu(x, b, dim, act, alpha, gain, clamp, owned=False):
+    """The reference's arithmetic on the CPU with every step that may run in place doing so: on a tensor made here (or
+    handed over, ``owned``) that no backward has saved. In inference that is one new tensor at most (on large maps
+    the fresh pages cost as much as the arithmetic); with gradients, fewer autograd steps, and the clamp as
+    ``hardtanh``, whose backward is one fused kernel where ``clamp``'s takes four (at exactly +-clamp it passes no
+    gradient, as the CUDA kernel)."""
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    if act == 'relu':
-        y.relu_()
-    elif act == 'lrelu':
-        F.leaky_relu_(y, alpha)
-    elif act != 'linear':
-        y = spec.func(y, alpha=alpha)
-    if gain != 1:
-        y.mul_(gain)
-    if clamp >= 0:
-        y.clamp_(-clamp, clamp)
-    return y
-
-
-def _bias_act_piecewise_linear(x, b, dim, act, alpha, gain, clamp):
-    """The reference's arithmetic with gradients on the CPU, in fewer autograd steps: in-place steps on the tensors
-    this function made (unless a backward has saved them), and the clamp as ``hardtanh``, whose backward is one fused
-    kernel where ``clamp``'s takes four. (At exactly +-clamp, hardtanh passes no gradient, as the CUDA kernel.)"""
-    _spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    fresh = False  # x is a tensor made here that no backward has saved, so it may be overwritten
+    saves = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
+    fresh = owned  # x may be overwritten
     if b is not None:
-        x, fresh = x + _along(b, dim, x.ndim), True
+        x, fresh = (x.add_(_along(b, dim, x.ndim)) if fresh else x + _along(b, dim, x.ndim)), True
     if act == 'lrelu':
-        x, fresh = (F.leaky_relu_(x, alpha) if fresh else F.leaky_relu(x, alpha)), False  # its backward reads it
+        x = F.leaky_relu_(x, alpha) if fresh else F.leaky_relu(x, alpha)
     elif act == 'relu':
-        x, fresh = (x.relu_() if fresh else x.relu()), False
+        x = x.relu_() if fresh else x.relu()
+    elif act != 'linear':
+        x = spec.func(x, alpha=alpha)
+    if act != 'linear':
+        fresh = not saves  # with gradients the activation's backward reads its output
     if gain != 1:
-        x, fresh = x * gain, True
+        x, fresh = (x.mul_(gain) if fresh else x * gain), True
     if clamp >= 0:
         x = F.hardtanh_(x, -clamp, clamp) if fresh else F.hardtanh(x, -clamp, clamp)
     return x
