@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from interpreter import ensemble, feature_maps, projection
 from interpreter import upsample_kernel as uk
-from torch_utils import custom_ops
+from torch_utils import c_kernel, custom_ops
 
 HAVE_CC = shutil.which('cc') is not None or shutil.which('gcc') is not None
 needs_kernel = pytest.mark.skipif(not HAVE_CC, reason='no C compiler on this machine')
@@ -178,8 +178,13 @@ def test_predictor_uses_the_kernel_where_it_can(lib):
 # ---------------------------------------------------------------------------------------- building and fallback
 
 
+def forget_build(monkeypatch):
+    monkeypatch.setattr(uk.KERNEL, '_tried', False)
+    monkeypatch.setattr(uk.KERNEL, '_lib', None)
+
+
 def fresh_state(monkeypatch, tmp_path):
-    monkeypatch.setattr(uk, '_state', {'tried': False, 'lib': None})
+    forget_build(monkeypatch)
     monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
     monkeypatch.delenv(custom_ops.FORCE_REF_ENV, raising=False)
 
@@ -223,20 +228,20 @@ def test_build_is_cached_by_source_compiler_and_cpu(monkeypatch, tmp_path):
     assert len(built) == 1
     mtime = built[0].stat().st_mtime_ns
     # a second process (fresh state) reuses the build instead of compiling again
-    monkeypatch.setattr(uk, '_state', {'tried': False, 'lib': None})
+    forget_build(monkeypatch)
     calls = []
-    real_run = uk.subprocess.run
+    real_run = c_kernel.subprocess.run
 
     def spy(cmd, *args, **kwargs):
         calls.append(cmd)
         return real_run(cmd, *args, **kwargs)
-    monkeypatch.setattr(uk.subprocess, 'run', spy)
+    monkeypatch.setattr(c_kernel.subprocess, 'run', spy)
     assert uk.get() is not None
     assert all('--version' in c for c in calls)  # only the compiler's version was asked for
     assert built[0].stat().st_mtime_ns == mtime
     # another CPU signature is another build folder
-    monkeypatch.setattr(uk, '_state', {'tried': False, 'lib': None})
-    monkeypatch.setattr(uk, '_cpu_signature', lambda: 'some other cpu')
+    forget_build(monkeypatch)
+    monkeypatch.setattr(c_kernel, 'cpu_signature', lambda: 'some other cpu')
     assert uk.get() is not None
     assert len(list(tmp_path.rglob('upsample_accumulate.so'))) == 2
 
