@@ -13,7 +13,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from conftest import assert_close_to_scale
 from torch_utils import custom_ops
-from torch_utils.ops import bias_act, conv2d_gradfix, conv2d_resample, upfirdn2d
+from torch_utils.ops import bias_act, bias_act_cpu, conv2d_gradfix, conv2d_resample, upfirdn2d
 from training import networks
 
 
@@ -70,8 +70,20 @@ def test_polyphase_transpose_second_order_gradients(gradfix, monkeypatch):
 BIAS_ACT_CASES = list(itertools.product(list(bias_act.activation_funcs), [None, 0.6], [None, 0.7, -1.5], [1, 2]))
 
 
+@pytest.fixture(params=['c-kernel', 'torch'])
+def bias_act_kernel(request, monkeypatch):
+    """Each CPU bias_act test runs with the C kernel (tests/test_bias_act_kernel.py tests it on its own) and with the
+    in-place torch steps that replace it where no compiler is available."""
+    if request.param == 'torch':
+        monkeypatch.setattr(bias_act_cpu.KERNEL, '_tried', True)
+        monkeypatch.setattr(bias_act_cpu.KERNEL, '_lib', None)
+    elif bias_act_cpu.KERNEL.get() is None:
+        pytest.skip('no C compiler: the CPU bias_act kernel is not built')
+    return request.param
+
+
 @pytest.mark.parametrize('act,clamp,gain,dim', BIAS_ACT_CASES)
-def test_bias_act_in_place_inference_matches_reference(act, clamp, gain, dim, monkeypatch):
+def test_bias_act_in_place_inference_matches_reference(act, clamp, gain, dim, monkeypatch, bias_act_kernel):
     calls = []
     in_place = bias_act._bias_act_cpu
     monkeypatch.setattr(bias_act, '_bias_act_cpu', lambda *a, **k: calls.append(a) or in_place(*a, **k))
@@ -90,7 +102,7 @@ def test_bias_act_in_place_inference_matches_reference(act, clamp, gain, dim, mo
 
 
 @pytest.mark.parametrize('act,clamp,gain', [('lrelu', 0.6, None), ('linear', 0.5, 2.0), ('tanh', None, None)])
-def test_bias_act_overwriting_variant(act, clamp, gain):
+def test_bias_act_overwriting_variant(act, clamp, gain, bias_act_kernel):
     x = _rand(3, 4, 5, seed=20).detach()
     b = _rand(4, seed=21).detach()
     expect = bias_act.bias_act(x, b, act=act, clamp=clamp, gain=gain, impl='ref')
@@ -114,7 +126,7 @@ def test_bias_act_overwriting_variant(act, clamp, gain):
 @pytest.mark.parametrize('act', ['linear', 'relu', 'lrelu'])
 @pytest.mark.parametrize('bias,gain,clamp', [(True, None, None), (True, 1.0, 0.7), (False, 1.0, 0.7),
                                              (False, 2.0, None), (True, 2.0, 0.7), (False, 1.0, None)])
-def test_bias_act_with_gradients_matches_reference_to_second_order(act, bias, gain, clamp):
+def test_bias_act_with_gradients_matches_reference_to_second_order(act, bias, gain, clamp, bias_act_kernel):
     # The CPU training path (piecewise-linear activations): in-place steps where nothing saved them, hardtanh for the
     # clamp. Values, first- and second-order gradients against the reference, away from the clamp's kinks.
     x = _rand(3, 4, 5, seed=19)
@@ -140,7 +152,7 @@ def test_bias_act_with_gradients_matches_reference_to_second_order(act, bias, ga
 
 
 @pytest.mark.parametrize('act', ['lrelu', 'tanh'])
-def test_bias_act_with_gradients_leaves_the_input_alone(act, monkeypatch):
+def test_bias_act_with_gradients_leaves_the_input_alone(act, monkeypatch, bias_act_kernel):
     # With gradients the CPU path runs only for piecewise-linear activations (tanh: the reference), never in place on
     # the input.
     if act == 'tanh':

@@ -1,8 +1,9 @@
-"""Fused bias + activation + gain + clamp, with a reference path and a CUDA plugin.
+"""Fused bias + activation + gain + clamp, with a reference path, a CPU kernel and a CUDA plugin.
 
 ``bias_act(x, b, dim, act, alpha, gain, clamp)`` computes ``clamp(gain * f(x + b), -clamp, clamp)``.
 The reference path is plain torch and differentiable to any order. The CUDA path keeps one kernel per
-pass and supports first and second order gradients, which R1 and path-length regularisation need.
+pass and supports first and second order gradients, which R1 and path-length regularisation need; on the CPU the
+piecewise-linear activations get the same from a C kernel (``bias_act_cpu``), and the rest in-place torch steps.
 """
 
 import math
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import custom_ops
+from . import bias_act_cpu
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,20 @@ def _bias_act_cpu(x, b, dim, act, alpha, gain, clamp, owned=False):
     gradient, as the CUDA kernel)."""
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
     saves = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
+    # The C kernel: one pass each way. With gradients it saves its output, so not for a plain linear map (whose
+    # caller may go on to modify the result in place, as the discriminator's skip connection does).
+    if (b is not None or act != 'linear' or gain != 1 or clamp >= 0) and not (
+            saves and act == 'linear' and clamp < 0):
+        kernel = bias_act_cpu.spec_for(x, b, dim, act, alpha, gain, clamp)
+        if kernel is not None:
+            if saves:
+                return bias_act_cpu.BiasAct.apply(x, b, kernel)
+            return bias_act_cpu.forward(x, b, kernel, out=x if owned else torch.empty_like(x))
     fresh = owned  # x may be overwritten
     if b is not None:
         x, fresh = (x.add_(_along(b, dim, x.ndim)) if fresh else x + _along(b, dim, x.ndim)), True
-    if act == 'lrelu':
-        x = F.leaky_relu_(x, alpha) if fresh else F.leaky_relu(x, alpha)
+    if act == 'lrelu':  # (in place, the backward reads the output, which cannot undo a negative slope)
+        x = F.leaky_relu_(x, alpha) if fresh and (alpha >= 0 or not saves) else F.leaky_relu(x, alpha)
     elif act == 'relu':
         x = x.relu_() if fresh else x.relu()
     elif act != 'linear':

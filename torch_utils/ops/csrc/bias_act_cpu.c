@@ -44,11 +44,11 @@ enum { ACT_LINEAR = 0, ACT_RELU = 1, ACT_LRELU = 2 };
         }                                                                                                           \
     }                                                                                                               \
                                                                                                                     \
-    /* dx for one row; returns its sum when `sum` is set. */                                                        \
+    /* dx for one row; returns its sum when `sum` is set (a second pass over the row, still in cache, in eight     \
+       partial sums so that it vectorises without reassociating anything the compiler may not). */                 \
     static double grad_row_##SUFFIX(const T *dy, const T *y, T *dx, int64_t n, int act, T alpha, T gain,            \
                                     int has_clamp, T clamp, int sum)                                                \
     {                                                                                                               \
-        double total = 0;                                                                                           \
         for (int64_t i = 0; i < n; i++) {                                                                           \
             T yi = y[i];                                                                                            \
             T g = dy[i] * gain;                                                                                     \
@@ -59,10 +59,17 @@ enum { ACT_LINEAR = 0, ACT_RELU = 1, ACT_LRELU = 2 };
             if (has_clamp)                                                                                          \
                 g = (yi <= -clamp || yi >= clamp) ? 0 : g;                                                          \
             dx[i] = g;                                                                                              \
-            if (sum)                                                                                                \
-                total += g;                                                                                         \
         }                                                                                                           \
-        return total;                                                                                               \
+        if (!sum)                                                                                                   \
+            return 0;                                                                                               \
+        double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                                  \
+        int64_t i = 0;                                                                                              \
+        for (; i + 8 <= n; i += 8)                                                                                  \
+            for (int k = 0; k < 8; k++)                                                                             \
+                part[k] += (double)dx[i + k];                                                                       \
+        for (; i < n; i++)                                                                                          \
+            part[0] += (double)dx[i];                                                                               \
+        return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));          \
     }                                                                                                               \
                                                                                                                     \
     /* The row loops are specialised per activation (and clamp) so each inner loop has no branches to vectorise. */ \
