@@ -56,6 +56,10 @@ def test_profiled_function_keeps_name_and_result():
 
     assert add_one.__name__ == 'add_one'
     assert add_one(2, k=3) == 5
+    # a named range while a profiler runs (and only then: outside one it is skipped for speed)
+    with torch.profiler.profile() as prof:
+        assert torch.equal(add_one(torch.ones(2)), torch.full([2], 2.0))
+    assert 'add_one' in [e.name for e in prof.events()]
 
 
 def test_get_device():

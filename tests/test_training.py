@@ -36,6 +36,29 @@ def _grads(module):
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
 
 
+# ---------------------------------------------------------------------------------------------- optimiser
+
+def test_default_optimiser_steps_bitwise_as_the_per_tensor_adam(demo_eyes):
+    # The cfg's Adam runs foreach (fewer calls on the CPU); it must stay the upstream per-tensor update bit for bit.
+    from training import options
+    _desc, c = options.setup_training_options(data=str(demo_eyes), cfg='tiny', metrics=[], workers=0, device='cpu')
+    kwargs = dict(c.G_opt_kwargs)
+    assert kwargs.pop('class_name') == 'torch.optim.Adam' and kwargs.pop('foreach') is True
+    kwargs['betas'] = [float(b) for b in kwargs['betas']]
+    G = _nets()[0]
+    runs = []
+    for foreach in (True, False):
+        params = [p.detach().clone().requires_grad_(True) for p in G.parameters()]
+        opt = torch.optim.Adam(params, foreach=foreach, **kwargs)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        runs.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 # --------------------------------------------------------------------------------------------------- loss
 
 @pytest.mark.parametrize('nir_weight', [1.0, 0.25])

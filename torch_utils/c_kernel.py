@@ -70,6 +70,11 @@ class CKernel:
         """The compiled library (``ctypes.CDLL``), or None when the PyTorch path must be used."""
         if custom_ops.reference_ops_forced():
             return None
+        return self.library()
+
+    def library(self):
+        """``get()`` for a caller that has already checked that the reference ops are not forced (an op's hot
+        path, which ``custom_ops.cpu_fast_path`` has let through)."""
         if self._tried:
             return self._lib
         with self._lock:

@@ -52,7 +52,7 @@ def spec_for(x, b, dim, act, alpha, gain, clamp) -> Optional[Spec]:
         return None
     if b is not None and (b.dtype != x.dtype or not b.is_contiguous()):
         return None
-    if KERNEL.get() is None:
+    if KERNEL.library() is None:  # (the caller's cpu_fast_path has checked the reference ops)
         return None
     return Spec(dim, ACT_CODES[act], alpha, gain, clamp)
 
@@ -66,7 +66,7 @@ def _shape(x, dim):
 
 def forward(x, b, spec: Spec, out):
     """``out`` (x itself, or a tensor like it) = clamp(act(x + b) * gain); no autograd."""
-    lib = KERNEL.get()
+    lib = KERNEL.library()
     status = getattr(lib, f'bigan_bias_act_fwd_{_SUFFIX[x.dtype]}')(
         x.data_ptr(), None if b is None else b.data_ptr(), out.data_ptr(), *_shape(x, spec.dim), spec.act,
         spec.alpha, spec.gain, spec.clamp, torch.get_num_threads())
@@ -81,7 +81,7 @@ def gradient(dy, y, spec: Spec, with_bias: bool):
     dx = torch.empty_like(y)
     outer, channels, inner = _shape(y, spec.dim)
     db = torch.empty([channels], dtype=torch.float64) if with_bias else None
-    lib = KERNEL.get()
+    lib = KERNEL.library()
     status = getattr(lib, f'bigan_bias_act_grad_{_SUFFIX[y.dtype]}')(
         dy.data_ptr(), y.data_ptr(), dx.data_ptr(), None if db is None else db.data_ptr(), outer, channels, inner,
         spec.act, spec.alpha, spec.gain, spec.clamp, torch.get_num_threads())
