@@ -255,6 +255,26 @@ def test_conv2d_resample_fast_matches_reference(up, down, k, flip_weight):
         torch.testing.assert_close(fast, ref)
 
 
+def test_small_1x1_convolutions_run_as_a_matrix_product_to_second_order(monkeypatch):
+    x = _rand(3, 5, 4, 6, seed=30)
+    w = _rand(7, 5, 1, 1, seed=31)
+    assert gradcheck(conv2d_resample.pointwise_matmul, (x, w))
+    assert gradgradcheck(conv2d_resample.pointwise_matmul, (x, w))
+    torch.testing.assert_close(conv2d_resample.pointwise_matmul(x, w), F.conv2d(x, w), rtol=1e-12, atol=1e-12)
+    # chosen on the fast path for small maps only, never for a kernel above 1x1, a stride, groups or the reference
+    calls = []
+    real = conv2d_resample.pointwise_matmul
+    monkeypatch.setattr(conv2d_resample, 'pointwise_matmul', lambda *a: calls.append(a[0].shape) or real(*a))
+    conv2d_resample.conv2d_resample(x, w)
+    conv2d_resample.conv2d_resample(x, _rand(7, 5, 3, 3, seed=32), padding=1)
+    conv2d_resample.conv2d_resample(x, _rand(5, 1, 1, 1, seed=33), groups=5)
+    with custom_ops.reference_ops():
+        conv2d_resample.conv2d_resample(x, w)
+    big = torch.randn(1, 64, 64, 64)
+    conv2d_resample.conv2d_resample(big, torch.randn(1024, 64, 1, 1))  # 2^28 multiply-adds: oneDNN is faster
+    assert calls == [x.shape]
+
+
 # ------------------------------------------------------------------------------------------- modulated conv
 
 @pytest.mark.parametrize('up,demodulate,fused,noise', [(1, True, True, True), (1, True, False, False),
