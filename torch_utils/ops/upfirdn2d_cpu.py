@@ -1,5 +1,6 @@
-"""upfirdn2d's CPU kernel (``csrc/upfirdn_cpu.c``) for separable filters: a pass along the width, then one along the
-height, each doing the zero insertion, padding, filtering and decimation of its axis at once. It follows the
+"""upfirdn2d's CPU kernel (``csrc/upfirdn_cpu.c``) for separable filters: per image plane, a pass along the width into
+a cache-resident buffer, then one along the height, each doing the zero insertion, padding, filtering and decimation
+of its axis at once. It follows the
 plugin's contract (``_cpu_kernel`` in upfirdn2d.py calls it, without autograd; the autograd Function around it makes
 the gradient another upfirdn2d). Where the C compiler is missing, ``_cpu_kernel`` keeps its depthwise convolution
 (see ``torch_utils.c_kernel``).
@@ -22,8 +23,9 @@ _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
 def _declare(lib):
     i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for suffix in _SUFFIX.values():
-        fn = getattr(lib, f'bigan_upfirdn1d_{suffix}')
-        fn.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, i32, i64, ptr, i32, i32]
+        fn = getattr(lib, f'bigan_upfirdn2d_{suffix}')
+        fn.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i32, i32, i32, i32, i64, i64, ptr, i32, ptr, i32, i32, i32,
+                       i32]
         fn.restype = i32
 
 
@@ -42,17 +44,6 @@ def _tap_array(taps):
     return (ctypes.c_double * len(taps))(*taps)
 
 
-def _pass(x, outer, n_in, inner, n_out, up, down, pad0, taps):
-    y = x.new_empty([outer * n_out * inner])
-    lib = KERNEL.library()
-    status = getattr(lib, f'bigan_upfirdn1d_{_SUFFIX[x.dtype]}')(
-        x.data_ptr(), y.data_ptr(), outer, n_in, inner, n_out, up, down, pad0, _tap_array(taps), len(taps),
-        torch.get_num_threads())
-    if status != 0:
-        raise RuntimeError(f'upfirdn2d kernel rejected its arguments (n_in {n_in}, n_out {n_out}, {len(taps)} taps)')
-    return y
-
-
 def upfirdn2d(x, fy, fx, upx, upy, downx, downy, padx0, padx1, pady0, pady1):
     """``x`` [N, C, H, W] zero-inserted, padded, filtered with the separable taps ``fy`` (height) and ``fx`` (width),
     both in correlation order, and decimated; an axis whose taps are ``(1.0,)`` with no resampling or padding is left
@@ -65,8 +56,14 @@ def upfirdn2d(x, fy, fx, upx, upy, downx, downy, padx0, padx1, pady0, pady1):
     h_out = (h * upy + pady0 + pady1 - len(fy)) // downy + 1
     if w_out < 1 or h_out < 1 or x.numel() == 0:
         return x.new_zeros([n, c, max(h_out, 0), max(w_out, 0)])
-    if not (fx == (1.0,) and upx == downx == 1 and padx0 == padx1 == 0):
-        x = _pass(x, n * c * h, w, 1, w_out, upx, downx, padx0, fx).reshape(n, c, h, w_out)
-    if not (fy == (1.0,) and upy == downy == 1 and pady0 == pady1 == 0):
-        x = _pass(x, n * c, h, w_out, h_out, upy, downy, pady0, fy).reshape(n, c, h_out, w_out)
-    return x
+    do_x = not (fx == (1.0,) and upx == downx == 1 and padx0 == padx1 == 0)
+    do_y = not (fy == (1.0,) and upy == downy == 1 and pady0 == pady1 == 0)
+    if not (do_x or do_y):
+        return x.clone()
+    y = x.new_empty([n, c, h_out, w_out])
+    status = getattr(KERNEL.library(), f'bigan_upfirdn2d_{_SUFFIX[x.dtype]}')(
+        x.data_ptr(), y.data_ptr(), n * c, h, w, h_out, w_out, upx, upy, downx, downy, padx0, pady0, _tap_array(fx),
+        len(fx), _tap_array(fy), len(fy), int(do_x), int(do_y), torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError(f'upfirdn2d kernel rejected its arguments ({tuple(x.shape)} to {h_out}x{w_out})')
+    return y

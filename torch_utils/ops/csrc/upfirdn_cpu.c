@@ -1,7 +1,8 @@
-/* CPU kernel of upfirdn2d's fast path (torch_utils/ops/upfirdn2d.py) for separable filters: one 1-D pass along
- * one axis of x viewed as [outer, n_in, inner], run once along the width (inner = 1) and once along the height.
+/* CPU kernel of upfirdn2d's fast path (torch_utils/ops/upfirdn2d.py) for separable filters: for each plane of
+ * x [planes, h, w], a 1-D pass along the width into a per-thread buffer (cache resident), then one along the height
+ * from it into y.
  *
- * Along the axis, with `taps` in correlation order (the caller flips them for a true convolution):
+ * Along each axis, with `taps` in correlation order (the caller flips them for a true convolution):
  *
  *     y[o] = sum_j taps[j] * u[o * down + j - pad0],    u[p] = x[p / up] where p >= 0, p % up == 0, p / up < n_in,
  *                                                              else 0
@@ -12,8 +13,8 @@
  * scratch row when upsampling, so the filter is a sum of shifted contiguous slices (then every `down`-th value is
  * kept); without upsampling the row is read directly.
  *
- * Called through ctypes; rows are split between `nthreads` OpenMP threads of the libgomp PyTorch has loaded, small
- * inputs run on the calling thread.
+ * Called through ctypes; planes are split between `nthreads` OpenMP threads of the libgomp PyTorch has loaded,
+ * small inputs run on the calling thread.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -72,105 +73,111 @@ int bigan_kernel_abi(void) { return 1; }
         }                                                                                                           \
     }                                                                                                               \
                                                                                                                     \
-    /* Along the width: rows of n_in samples, each to n_out samples. With upsampling, each row is first laid out    \
-       zero-inserted and padded in a per-thread scratch row. */                                                     \
-    static int width_pass_##SUFFIX(const T *x, T *y, int64_t rows, int64_t n_in, int64_t n_out, int up, int down, \
-                                   int64_t pad0, const T *taps, int ntaps, int nthreads)                            \
+    /* One row along the width, n_in -> n_out samples. With upsampling the row is first laid out zero-inserted and \
+       padded in `scratch` (at least width_scratch() values), so the filter is a sum of shifted slices. */          \
+    static void width_row_##SUFFIX(const T *xr, T *yr, int64_t n_in, int64_t n_out, int up, int down, int64_t pad0, \
+                                   const T *taps, int ntaps, T *scratch)                                            \
     {                                                                                                               \
-        const int threads = rows * n_out >= PARALLEL_MIN && nthreads > 1 ? nthreads : 1;                           \
         if (up == 1) {                                                                                              \
-            _Pragma("omp parallel for schedule(static) num_threads(threads) if(threads > 1)")                       \
-            for (int64_t r = 0; r < rows; r++)                                                                      \
-                width_row_direct_##SUFFIX(x + r * n_in, y + r * n_out, n_in, n_out, down, pad0, taps, ntaps);       \
-            return 0;                                                                                               \
+            width_row_direct_##SUFFIX(xr, yr, n_in, n_out, down, pad0, taps, ntaps);                                \
+            return;                                                                                                 \
         }                                                                                                           \
         /* Full-rate positions 0 .. span-1 are needed; position p reads scratch[p .. p + ntaps - 1]. */             \
-        const int64_t span = (n_out - 1) * down + 1;                                                                \
-        const int64_t slen = span + ntaps - 1;                                                                      \
+        const int64_t span = (n_out - 1) * down + 1, slen = span + ntaps - 1;                                       \
+        T *full = scratch + slen;                                                                                   \
+        memset(scratch, 0, sizeof(T) * (size_t)slen);                                                               \
+        for (int64_t i = 0; i < n_in; i++) { /* input sample i lands at scratch[i * up + pad0] */                   \
+            const int64_t q = i * up + pad0;                                                                        \
+            if (q >= 0 && q < slen)                                                                                 \
+                scratch[q] = xr[i];                                                                                 \
+        }                                                                                                           \
+        T *out = down == 1 ? yr : full;                                                                             \
+        for (int64_t p = 0; p < span; p++)                                                                          \
+            out[p] = taps[0] * scratch[p];                                                                          \
+        for (int j = 1; j < ntaps; j++) {                                                                           \
+            const T t = taps[j];                                                                                    \
+            const T *s = scratch + j;                                                                               \
+            for (int64_t p = 0; p < span; p++)                                                                      \
+                out[p] = out[p] + t * s[p];                                                                         \
+        }                                                                                                           \
+        if (down != 1)                                                                                              \
+            for (int64_t o = 0; o < n_out; o++)                                                                     \
+                yr[o] = full[o * down];                                                                             \
+    }                                                                                                               \
+                                                                                                                    \
+    /* Output row o along the height: a weighted sum of a few rows of `src` [n_in, inner]. */                       \
+    static void height_row_##SUFFIX(const T *src, T *yr, int64_t n_in, int64_t inner, int64_t o, int up, int down,  \
+                                    int64_t pad0, const T *taps, int ntaps)                                         \
+    {                                                                                                               \
+        int first = 1;                                                                                              \
+        for (int j = 0; j < ntaps; j++) {                                                                           \
+            const int64_t p = o * down + j - pad0;                                                                  \
+            if (p < 0 || p % up != 0 || p / up >= n_in)                                                             \
+                continue;                                                                                           \
+            const T t = taps[j];                                                                                    \
+            const T *xr = src + (p / up) * inner;                                                                   \
+            if (first)                                                                                              \
+                for (int64_t i = 0; i < inner; i++)                                                                 \
+                    yr[i] = t * xr[i];                                                                              \
+            else                                                                                                    \
+                for (int64_t i = 0; i < inner; i++)                                                                 \
+                    yr[i] = yr[i] + t * xr[i];                                                                      \
+            first = 0;                                                                                              \
+        }                                                                                                           \
+        if (first)                                                                                                  \
+            memset(yr, 0, sizeof(T) * (size_t)inner);                                                               \
+    }                                                                                                               \
+                                                                                                                    \
+    /* x [planes, h, w] -> y [planes, h_out, w_out], plane by plane: the width pass of a plane goes to a per-thread \
+       buffer that stays in cache, the height pass reads it from there. An axis with do_* = 0 is left alone. Taps   \
+       are given in double and applied in T. */                                                                     \
+    int bigan_upfirdn2d_##SUFFIX(const T *x, T *y, int64_t planes, int64_t h, int64_t w, int64_t h_out,             \
+                                 int64_t w_out, int upx, int upy, int downx, int downy, int64_t padx0,               \
+                                 int64_t pady0, const double *taps_x, int ntx, const double *taps_y, int nty,         \
+                                 int do_x, int do_y, int nthreads)                                                  \
+    {                                                                                                               \
+        if (planes < 0 || h < 1 || w < 1 || h_out < 1 || w_out < 1 || upx < 1 || upy < 1 || downx < 1 || downy < 1 \
+            || ntx < 1 || ntx > MAX_TAPS || nty < 1 || nty > MAX_TAPS || (!do_x && w_out != w)                      \
+            || (!do_y && h_out != h))                                                                               \
+            return 1;                                                                                               \
+        T tx[MAX_TAPS], ty[MAX_TAPS];                                                                               \
+        for (int j = 0; j < ntx; j++)                                                                               \
+            tx[j] = (T)taps_x[j];                                                                                   \
+        for (int j = 0; j < nty; j++)                                                                               \
+            ty[j] = (T)taps_y[j];                                                                                   \
+        const int64_t row_scratch = upx > 1 ? 2 * ((w_out - 1) * downx + 1) + ntx : 0;                             \
+        const int64_t mid_size = do_x && do_y ? h * w_out : 0;                                                      \
+        int threads = planes * h_out * w_out >= PARALLEL_MIN && nthreads > 1 ? nthreads : 1;                        \
+        if (threads > planes)                                                                                       \
+            threads = planes > 0 ? (int)planes : 1;                                                                 \
         int failed = 0;                                                                                             \
         _Pragma("omp parallel num_threads(threads) if(threads > 1)")                                                \
         {                                                                                                           \
-            T *scratch = (T *)malloc(sizeof(T) * (size_t)(slen + span));                                            \
-            T *full = scratch + slen;                                                                               \
-            if (!scratch) {                                                                                         \
+            T *buffer = (T *)malloc(sizeof(T) * (size_t)(mid_size + row_scratch + 1));                              \
+            if (!buffer) {                                                                                          \
                 _Pragma("omp atomic write") failed = 1;                                                             \
             } else {                                                                                                \
+                T *mid = buffer, *scratch = buffer + mid_size;                                                      \
                 _Pragma("omp for schedule(static)")                                                                 \
-                for (int64_t r = 0; r < rows; r++) {                                                                \
-                    const T *xr = x + r * n_in;                                                                     \
-                    memset(scratch, 0, sizeof(T) * (size_t)slen);                                                   \
-                    /* scratch[q] = u[q - pad0]: the input sample i lands at q = i * up + pad0 */                   \
-                    for (int64_t i = 0; i < n_in; i++) {                                                            \
-                        const int64_t q = i * up + pad0;                                                            \
-                        if (q >= 0 && q < slen)                                                                     \
-                            scratch[q] = xr[i];                                                                     \
+                for (int64_t plane = 0; plane < planes; plane++) {                                                  \
+                    const T *xp = x + plane * h * w;                                                                \
+                    T *yp = y + plane * h_out * w_out;                                                              \
+                    const T *src = xp;                                                                              \
+                    if (do_x) {                                                                                     \
+                        T *dst = do_y ? mid : yp;                                                                   \
+                        for (int64_t r = 0; r < h; r++)                                                             \
+                            width_row_##SUFFIX(xp + r * w, dst + r * w_out, w, w_out, upx, downx, padx0, tx, ntx,   \
+                                               scratch);                                                            \
+                        src = dst;                                                                                  \
                     }                                                                                               \
-                    T *out = down == 1 ? y + r * n_out : full;                                                      \
-                    for (int64_t p = 0; p < span; p++)                                                              \
-                        out[p] = taps[0] * scratch[p];                                                              \
-                    for (int j = 1; j < ntaps; j++) {                                                               \
-                        const T t = taps[j];                                                                        \
-                        const T *s = scratch + j;                                                                   \
-                        for (int64_t p = 0; p < span; p++)                                                          \
-                            out[p] = out[p] + t * s[p];                                                             \
-                    }                                                                                               \
-                    if (down != 1) {                                                                                \
-                        T *yr = y + r * n_out;                                                                      \
-                        for (int64_t o = 0; o < n_out; o++)                                                         \
-                            yr[o] = full[o * down];                                                                 \
-                    }                                                                                               \
+                    if (do_y)                                                                                       \
+                        for (int64_t o = 0; o < h_out; o++)                                                         \
+                            height_row_##SUFFIX(src, yp + o * w_out, h, w_out, o, upy, downy, pady0, ty, nty);      \
                 }                                                                                                   \
-                free(scratch);                                                                                      \
+                free(buffer);                                                                                       \
             }                                                                                                       \
         }                                                                                                           \
         return failed ? 2 : 0;                                                                                      \
-    }                                                                                                               \
-                                                                                                                    \
-    /* Along the height: planes of n_in rows of `inner` samples, each to n_out rows. */                             \
-    static int height_pass_##SUFFIX(const T *x, T *y, int64_t planes, int64_t n_in, int64_t inner, int64_t n_out,   \
-                                    int up, int down, int64_t pad0, const T *taps, int ntaps, int nthreads)         \
-    {                                                                                                               \
-        const int64_t tasks = planes * n_out;                                                                       \
-        const int threads = tasks * inner >= PARALLEL_MIN && nthreads > 1 ? nthreads : 1;                          \
-        _Pragma("omp parallel for schedule(static) num_threads(threads) if(threads > 1)")                           \
-        for (int64_t task = 0; task < tasks; task++) {                                                              \
-            const int64_t plane = task / n_out, o = task % n_out;                                                   \
-            const T *xp = x + plane * n_in * inner;                                                                 \
-            T *yr = y + task * inner;                                                                               \
-            int first = 1;                                                                                          \
-            for (int j = 0; j < ntaps; j++) {                                                                       \
-                const int64_t p = o * down + j - pad0;                                                              \
-                if (p < 0 || p % up != 0 || p / up >= n_in)                                                         \
-                    continue;                                                                                       \
-                const T t = taps[j];                                                                                \
-                const T *xr = xp + (p / up) * inner;                                                                \
-                if (first)                                                                                          \
-                    for (int64_t i = 0; i < inner; i++)                                                             \
-                        yr[i] = t * xr[i];                                                                          \
-                else                                                                                                \
-                    for (int64_t i = 0; i < inner; i++)                                                             \
-                        yr[i] = yr[i] + t * xr[i];                                                                  \
-                first = 0;                                                                                          \
-            }                                                                                                       \
-            if (first)                                                                                              \
-                memset(yr, 0, sizeof(T) * (size_t)inner);                                                           \
-        }                                                                                                           \
-        return 0;                                                                                                   \
-    }                                                                                                               \
-                                                                                                                    \
-    /* x [outer, n_in, inner] -> y [outer, n_out, inner]; taps given in double, applied in T. */                    \
-    int bigan_upfirdn1d_##SUFFIX(const T *x, T *y, int64_t outer, int64_t n_in, int64_t inner, int64_t n_out,       \
-                                 int up, int down, int64_t pad0, const double *taps, int ntaps, int nthreads)       \
-    {                                                                                                               \
-        if (outer < 0 || n_in < 1 || inner < 1 || n_out < 1 || up < 1 || down < 1 || ntaps < 1                    \
-            || ntaps > MAX_TAPS)                                                                                    \
-            return 1;                                                                                               \
-        T t[MAX_TAPS];                                                                                              \
-        for (int j = 0; j < ntaps; j++)                                                                             \
-            t[j] = (T)taps[j];                                                                                      \
-        if (inner == 1)                                                                                             \
-            return width_pass_##SUFFIX(x, y, outer, n_in, n_out, up, down, pad0, t, ntaps, nthreads);              \
-        return height_pass_##SUFFIX(x, y, outer, n_in, inner, n_out, up, down, pad0, t, ntaps, nthreads);           \
     }
 
 DEFINE_KERNELS(float, f32)
