@@ -109,3 +109,16 @@ def test_inputs_shorter_than_the_filter():
         got = upfirdn2d._cpu_kernel(x, f, 1, 1, 1, 1, pad, pad, pad, pad, False, 1.0)
         assert got.shape == ref.shape
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_cropped_views_are_read_in_place():
+    # A view of a larger tensor (other row and plane strides) gives the contiguous copy's result, for both passes
+    # and for a column filter, which reads the view directly in its only (height) pass.
+    big = _rand(3, 5, 12, 14, seed=9)
+    view = big[1:, 1:4, 2:10, 3:12]
+    assert not view.is_contiguous()
+    for f in (upfirdn2d.setup_filter([1, 3, 3, 1]), torch.tensor([[0.25], [0.5], [0.25]])):
+        for args in ((2, 2, 1, 1, 2, 1, 2, 1), (1, 1, 2, 2, 1, 1, 1, 1), (1, 1, 1, 1, 0, 0, 1, 2)):
+            got = upfirdn2d._cpu_kernel(view, f, *args, False, 1.0)
+            want = upfirdn2d._cpu_kernel(view.contiguous(), f, *args, False, 1.0)
+            assert torch.equal(got, want)

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int bigan_kernel_abi(void) { return 1; }
+int bigan_kernel_abi(void) { return 2; }
 
 #define MAX_TAPS 64
 #define PARALLEL_MIN 32768 /* output elements below which one thread is faster */
@@ -105,9 +105,9 @@ int bigan_kernel_abi(void) { return 1; }
                 yr[o] = full[o * down];                                                                             \
     }                                                                                                               \
                                                                                                                     \
-    /* Output row o along the height: a weighted sum of a few rows of `src` [n_in, inner]. */                       \
-    static void height_row_##SUFFIX(const T *src, T *yr, int64_t n_in, int64_t inner, int64_t o, int up, int down,  \
-                                    int64_t pad0, const T *taps, int ntaps)                                         \
+    /* Output row o along the height: a weighted sum of a few rows of `src` ([n_in, inner], rows `stride` apart). */ \
+    static void height_row_##SUFFIX(const T *src, int64_t stride, T *yr, int64_t n_in, int64_t inner, int64_t o,    \
+                                    int up, int down, int64_t pad0, const T *taps, int ntaps)                       \
     {                                                                                                               \
         int first = 1;                                                                                              \
         for (int j = 0; j < ntaps; j++) {                                                                           \
@@ -115,7 +115,7 @@ int bigan_kernel_abi(void) { return 1; }
             if (p < 0 || p % up != 0 || p / up >= n_in)                                                             \
                 continue;                                                                                           \
             const T t = taps[j];                                                                                    \
-            const T *xr = src + (p / up) * inner;                                                                   \
+            const T *xr = src + (p / up) * stride;                                                                  \
             if (first)                                                                                              \
                 for (int64_t i = 0; i < inner; i++)                                                                 \
                     yr[i] = t * xr[i];                                                                              \
@@ -128,15 +128,18 @@ int bigan_kernel_abi(void) { return 1; }
             memset(yr, 0, sizeof(T) * (size_t)inner);                                                               \
     }                                                                                                               \
                                                                                                                     \
-    /* x [planes, h, w] -> y [planes, h_out, w_out], plane by plane: the width pass of a plane goes to a per-thread \
-       buffer that stays in cache, the height pass reads it from there. An axis with do_* = 0 is left alone. Taps   \
-       are given in double and applied in T. */                                                                     \
-    int bigan_upfirdn2d_##SUFFIX(const T *x, T *y, int64_t planes, int64_t h, int64_t w, int64_t h_out,             \
+    /* x [batch, channels, h, w] (strides sn, sc, sh and 1, so a cropped view needs no copy) -> y [batch, channels, \
+       h_out, w_out], contiguous, plane by plane: the width pass of a plane goes to a per-thread buffer that stays  \
+       in cache, the height pass reads it from there. An axis with do_* = 0 is left alone. Taps are given in double \
+       and applied in T. */                                                                                         \
+    int bigan_upfirdn2d_##SUFFIX(const T *x, T *y, int64_t batch, int64_t channels, int64_t sn, int64_t sc,          \
+                                 int64_t sh, int64_t h, int64_t w, int64_t h_out,                                   \
                                  int64_t w_out, int upx, int upy, int downx, int downy, int64_t padx0,               \
                                  int64_t pady0, const double *taps_x, int ntx, const double *taps_y, int nty,         \
                                  int do_x, int do_y, int nthreads)                                                  \
     {                                                                                                               \
-        if (planes < 0 || h < 1 || w < 1 || h_out < 1 || w_out < 1 || upx < 1 || upy < 1 || downx < 1 || downy < 1 \
+        const int64_t planes = batch * channels;                                                                    \
+        if (batch < 0 || channels < 1 || h < 1 || w < 1 || h_out < 1 || w_out < 1 || upx < 1 || upy < 1 || downx < 1 || downy < 1 \
             || ntx < 1 || ntx > MAX_TAPS || nty < 1 || nty > MAX_TAPS || (!do_x && w_out != w)                      \
             || (!do_y && h_out != h))                                                                               \
             return 1;                                                                                               \
@@ -160,19 +163,22 @@ int bigan_kernel_abi(void) { return 1; }
                 T *mid = buffer, *scratch = buffer + mid_size;                                                      \
                 _Pragma("omp for schedule(static)")                                                                 \
                 for (int64_t plane = 0; plane < planes; plane++) {                                                  \
-                    const T *xp = x + plane * h * w;                                                                \
+                    const T *xp = x + (plane / channels) * sn + (plane % channels) * sc;                             \
                     T *yp = y + plane * h_out * w_out;                                                              \
                     const T *src = xp;                                                                              \
+                    int64_t src_stride = sh;                                                                        \
                     if (do_x) {                                                                                     \
                         T *dst = do_y ? mid : yp;                                                                   \
                         for (int64_t r = 0; r < h; r++)                                                             \
-                            width_row_##SUFFIX(xp + r * w, dst + r * w_out, w, w_out, upx, downx, padx0, tx, ntx,   \
+                            width_row_##SUFFIX(xp + r * sh, dst + r * w_out, w, w_out, upx, downx, padx0, tx, ntx,  \
                                                scratch);                                                            \
                         src = dst;                                                                                  \
+                        src_stride = w_out;                                                                         \
                     }                                                                                               \
                     if (do_y)                                                                                       \
                         for (int64_t o = 0; o < h_out; o++)                                                         \
-                            height_row_##SUFFIX(src, yp + o * w_out, h, w_out, o, upy, downy, pady0, ty, nty);      \
+                            height_row_##SUFFIX(src, src_stride, yp + o * w_out, h, w_out, o, upy, downy, pady0, ty, \
+                                                nty);                                                               \
                 }                                                                                                   \
                 free(buffer);                                                                                       \
             }                                                                                                       \
