@@ -8,7 +8,6 @@ layers run a transposed convolution on the stored weight without flipping it.
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .. import custom_ops
 from . import conv2d_gradfix
@@ -61,21 +60,23 @@ def conv_transpose2d_polyphase(x, w, stride, padding=0, groups=1):
     c_in_g = c_in // groups
     ty, tx = math.ceil(kh / s), math.ceil(kw / s)  # most taps of a phase
     len_y, len_x = (h - 1) * s + kh, (wd - 1) * s + kw  # the full transposed-convolution output
-    my, mx = -(-len_y // s), -(-len_x // s)  # outputs per phase
-    x = F.pad(x, [tx - 1, mx - wd, ty - 1, my - h])
+    my, mx = h - 1 + ty, wd - 1 + tx  # outputs per phase
     w = w.reshape(groups, c_in_g, c_out_g, kh, kw).transpose(1, 2)  # [g, Cout/g, Cin/g, kh, kw]
-    # Phase (py, px) of row my, column mx; a stride above the kernel size leaves some phases at zero.
-    empty = s > kh or s > kw
-    y = (x.new_zeros if empty else x.new_empty)([n, groups * c_out_g, my, s, mx, s])
+    y = x.new_empty([n, groups * c_out_g, my, s, mx, s])  # phase (py, px) of row my, column mx
     for py in range(s):
         for px in range(s):
             taps = w[..., py::s, px::s]
             ny, nx = taps.shape[-2:]
-            if ny == 0 or nx == 0:
+            if ny == 0 or nx == 0:  # a stride above the kernel size leaves this phase at zero
+                y[:, :, :, py, :, px] = 0
                 continue
+            # Output row i of the phase sums taps[a] * x[i + a - (ny - 1)]: the convolution's own zero padding,
+            # so x is read as it is; a phase with fewer taps than the most has zero rows (columns) at the end.
             taps = taps.flip([3, 4]).reshape(groups * c_out_g, c_in_g, ny, nx).to(x.dtype)
-            part = x[:, :, ty - ny: ty - ny + my + ny - 1, tx - nx: tx - nx + mx + nx - 1]
-            y[:, :, :, py, :, px] = conv2d_gradfix.conv2d(part, taps, groups=groups)
+            y[:, :, :h + ny - 1, py, :wd + nx - 1, px] = conv2d_gradfix.conv2d(x, taps, padding=[ny - 1, nx - 1],
+                                                                               groups=groups)
+            y[:, :, h + ny - 1:, py, :, px] = 0
+            y[:, :, :, py, wd + nx - 1:, px] = 0
     y = y.reshape(n, groups * c_out_g, my * s, mx * s)
     return y[:, :, pad_y: len_y - pad_y, pad_x: len_x - pad_x]
 
