@@ -18,8 +18,7 @@ from torch_utils.ops import upfirdn2d, upfirdn2d_cpu
 pytestmark = pytest.mark.skipif(upfirdn2d_cpu.KERNEL.get() is None, reason='no C compiler: the kernel is not built')
 
 TAPS = {1: [1.0], 2: [1, 1], 4: [1, 3, 3, 1], 6: [1, 5, 10, 10, 5, 1]}
-CASES = [c for c in itertools.product([1, 2, 3], [1, 2], [(0, 0), (2, 1), (-1, 2), (3, -2)], [1, 2, 4, 6],
-                                      [False, True])]
+CASES = list(itertools.product([1, 2, 3], [1, 2], [(0, 0), (2, 1), (-1, 2), (3, -2)], [1, 2, 4, 6], [False, True]))
 
 
 def _rand(*shape, dtype=torch.float64, seed=0):
@@ -122,3 +121,10 @@ def test_cropped_views_are_read_in_place():
             got = upfirdn2d._cpu_kernel(view, f, *args, False, 1.0)
             want = upfirdn2d._cpu_kernel(view.contiguous(), f, *args, False, 1.0)
             assert torch.equal(got, want)
+
+
+def test_filters_longer_than_the_kernel_takes_use_the_convolution():
+    x = _rand(1, 2, 5, 90, seed=10)
+    f = upfirdn2d.setup_filter(list(range(1, 71)), separable=True)  # 70 taps: the Function filters rows, then columns
+    got = upfirdn2d._upfirdn2d_function(padding=[35, 34, 35, 34]).apply(x, f)
+    torch.testing.assert_close(got, upfirdn2d._upfirdn2d_ref(x, f, padding=[35, 34, 35, 34]), rtol=1e-10, atol=1e-10)

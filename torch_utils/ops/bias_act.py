@@ -114,10 +114,14 @@ def _bias_act_cpu(x, b, dim, act, alpha, gain, clamp, owned=False):
     gradient, as the CUDA kernel)."""
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
     saves = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
-    # The C kernel: one pass each way. With gradients it saves its output, so not for a plain linear map (whose
-    # caller may go on to modify the result in place, as the discriminator's skip connection does).
-    if (b is not None or act != 'linear' or gain != 1 or clamp >= 0) and not (
-            saves and act == 'linear' and clamp < 0):
+    # The C kernel: one pass each way. With gradients it saves its output, which only an activation or a clamp
+    # needs, so a plain linear map stays here (its caller may modify the result in place, as the discriminator's
+    # skip connection does); without gradients, wherever there is anything to do.
+    if saves:
+        use_kernel = act != 'linear' or clamp >= 0
+    else:
+        use_kernel = b is not None or act != 'linear' or gain != 1 or clamp >= 0
+    if use_kernel:
         kernel = bias_act_cpu.spec_for(x, b, dim, act, alpha, gain, clamp)
         if kernel is not None:
             if saves:

@@ -14,7 +14,7 @@ import torch
 from .. import c_kernel
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'bias_act_cpu.c')
-ABI = 1
+ABI = 2
 ACT_CODES = {'linear': 0, 'relu': 1, 'lrelu': 2}
 _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
 
@@ -80,14 +80,14 @@ def gradient(dy, y, spec: Spec, with_bias: bool):
     dy = dy.contiguous()
     dx = torch.empty_like(y)
     outer, channels, inner = _shape(y, spec.dim)
-    db = torch.empty([channels], dtype=torch.float64) if with_bias else None
+    db = torch.empty([channels], dtype=y.dtype) if with_bias else None
     lib = KERNEL.library()
     status = getattr(lib, f'bigan_bias_act_grad_{_SUFFIX[y.dtype]}')(
         dy.data_ptr(), y.data_ptr(), dx.data_ptr(), None if db is None else db.data_ptr(), outer, channels, inner,
         spec.act, spec.alpha, spec.gain, spec.clamp, torch.get_num_threads())
     if status != 0:
         raise RuntimeError(f'bias_act gradient kernel rejected its arguments (shape {tuple(y.shape)})')
-    return dx, (None if db is None else db.to(y.dtype))
+    return dx, db
 
 
 def _bias_dims(spec, ndim):

@@ -238,12 +238,15 @@ def _cpu_kernel(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_f
 
 
 def _kernel_taps(f, gain):
-    """``(fy, fx)`` of a separable 2-D filter for the C kernel, gain included; a single row or column filters along
-    one axis only (the other gets the identity ``(1.0,)``, which the kernel skips)."""
+    """``(fy, fx)`` of a separable 2-D filter for the C kernel, gain included, or None where the kernel does not take
+    it; a single row or column filters along one axis only (the other gets the identity ``(1.0,)``, which the kernel
+    skips)."""
     if f.shape[0] == 1 or f.shape[1] == 1:
+        if f.numel() > upfirdn2d_cpu.MAX_TAPS:
+            return None
         taps = tuple((f * gain).flatten().tolist())  # the gain in float32, as the contract applies it
         return ((1.0,), taps) if f.shape[0] == 1 else (taps, (1.0,))
-    return _separable_taps(f, gain)
+    return _separable_taps(f, gain)  # (None above 64 values, so at most 64 taps per axis)
 
 
 _function_cache = {}

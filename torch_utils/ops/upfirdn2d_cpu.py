@@ -1,9 +1,9 @@
 """upfirdn2d's CPU kernel (``csrc/upfirdn_cpu.c``) for separable filters: per image plane, a pass along the width into
 a cache-resident buffer, then one along the height, each doing the zero insertion, padding, filtering and decimation
-of its axis at once. It follows the
-plugin's contract (``_cpu_kernel`` in upfirdn2d.py calls it, without autograd; the autograd Function around it makes
-the gradient another upfirdn2d). Where the C compiler is missing, ``_cpu_kernel`` keeps its depthwise convolution
-(see ``torch_utils.c_kernel``).
+of its axis at once. It follows the plugin's contract (``_cpu_kernel`` in upfirdn2d.py calls it, without autograd;
+the autograd Function around it makes the gradient another upfirdn2d). Where the C compiler is missing, or a filter
+has more than ``MAX_TAPS`` taps per axis, ``_cpu_kernel`` keeps its depthwise convolution (see
+``torch_utils.c_kernel``).
 """
 
 import ctypes

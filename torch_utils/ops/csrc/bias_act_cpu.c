@@ -12,8 +12,8 @@
  *     dx = (clamp >= 0 and |y| >= clamp) ? 0 : act'(y) applied to (dy * gain)
  *
  * again in the reference's order (dy * gain, then the slope). It is linear in dy, so the second-order gradient is
- * this same pass on the incoming gradient. Optionally the pass also sums dx per channel (the bias gradient, in
- * double). Both passes may run in place (y == x, dx == dy).
+ * this same pass on the incoming gradient. Optionally the pass also sums dx per channel (the bias gradient,
+ * accumulated in double). Both passes may run in place (y == x, dx == dy).
  *
  * Called through ctypes. Large tensors are split between `nthreads` OpenMP threads of the libgomp that PyTorch has
  * loaded; small ones run on the calling thread (a parallel region costs more than they do).
@@ -21,7 +21,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-int bigan_kernel_abi(void) { return 1; }
+int bigan_kernel_abi(void) { return 2; }
 
 enum { ACT_LINEAR = 0, ACT_RELU = 1, ACT_LRELU = 2 };
 
@@ -124,8 +124,8 @@ enum { ACT_LINEAR = 0, ACT_RELU = 1, ACT_LRELU = 2 };
         return 0;                                                                                                   \
     }                                                                                                               \
                                                                                                                     \
-    /* db (optional, [C] doubles) receives the per-channel sums of dx. */                                           \
-    int bigan_bias_act_grad_##SUFFIX(const T *dy, const T *y, T *dx, double *db, int64_t outer, int64_t channels,    \
+    /* db (optional, [C]) receives the per-channel sums of dx, accumulated in double. */                            \
+    int bigan_bias_act_grad_##SUFFIX(const T *dy, const T *y, T *dx, T *db, int64_t outer, int64_t channels,         \
                                      int64_t inner, int act, double alpha, double gain, double clamp, int nthreads) \
     {                                                                                                               \
         if (outer < 0 || channels < 1 || inner < 1 || act < ACT_LINEAR || act > ACT_LRELU)                          \
@@ -150,7 +150,7 @@ enum { ACT_LINEAR = 0, ACT_RELU = 1, ACT_LRELU = 2 };
                 const int64_t at = (o * channels + ch) * inner;                                                     \
                 total_ch += grad_rows_##SUFFIX(dy + at, y + at, dx + at, inner, act, a, g, has_clamp, c, 1);        \
             }                                                                                                       \
-            db[ch] = total_ch;                                                                                      \
+            db[ch] = (T)total_ch;                                                                                   \
         }                                                                                                           \
         return 0;                                                                                                   \
     }

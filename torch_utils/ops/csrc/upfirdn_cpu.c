@@ -26,8 +26,21 @@ int bigan_kernel_abi(void) { return 2; }
 #define PARALLEL_MIN 32768 /* output elements below which one thread is faster */
 
 #define DEFINE_KERNELS(T, SUFFIX)                                                                                   \
-    /* Along the width without upsampling: output o reads x[o * down - pad0 + j]; the outputs whose taps all fall  \
-       inside the row are a sum of shifted slices, the few at the edges check their bounds. */                     \
+    /* Output o of a row without upsampling, checking each tap against the row's bounds (the few edge outputs). */   \
+    static inline T width_edge_##SUFFIX(const T *xr, int64_t n_in, int64_t o, int down, int64_t pad0,              \
+                                        const T *taps, int ntaps)                                                  \
+    {                                                                                                               \
+        T acc = 0;                                                                                                  \
+        for (int j = 0; j < ntaps; j++) {                                                                           \
+            const int64_t p = o * down - pad0 + j;                                                                  \
+            if (p >= 0 && p < n_in)                                                                                 \
+                acc = acc + taps[j] * xr[p];                                                                        \
+        }                                                                                                           \
+        return acc;                                                                                                 \
+    }                                                                                                               \
+                                                                                                                    \
+    /* Along the width without upsampling: output o reads x[o * down - pad0 + j]; the outputs o0 .. o1-1, whose taps \
+       all fall inside the row, are a sum of shifted slices, the ones before and after check their bounds. */       \
     static void width_row_direct_##SUFFIX(const T *xr, T *yr, int64_t n_in, int64_t n_out, int down, int64_t pad0, \
                                           const T *taps, int ntaps)                                                 \
     {                                                                                                               \
@@ -39,19 +52,10 @@ int bigan_kernel_abi(void) { return 2; }
             o1 = n_out;                                                                                             \
         if (o1 < o0)                                                                                                \
             o1 = o0;                                                                                                \
-        for (int64_t o = 0; o < n_out; o++) {                                                                       \
-            if (o == o0 && o1 > o0) { /* skip the interior */                                                      \
-                o = o1 - 1;                                                                                         \
-                continue;                                                                                           \
-            }                                                                                                       \
-            T acc = 0;                                                                                              \
-            for (int j = 0; j < ntaps; j++) {                                                                       \
-                const int64_t p = o * down - pad0 + j;                                                              \
-                if (p >= 0 && p < n_in)                                                                             \
-                    acc = acc + taps[j] * xr[p];                                                                    \
-            }                                                                                                       \
-            yr[o] = acc;                                                                                            \
-        }                                                                                                           \
+        for (int64_t o = 0; o < o0; o++)                                                                            \
+            yr[o] = width_edge_##SUFFIX(xr, n_in, o, down, pad0, taps, ntaps);                                      \
+        for (int64_t o = o1; o < n_out; o++)                                                                        \
+            yr[o] = width_edge_##SUFFIX(xr, n_in, o, down, pad0, taps, ntaps);                                      \
         if (o1 <= o0)                                                                                               \
             return;                                                                                                 \
         const T *base = xr + o0 * down - pad0;                                                                      \
@@ -74,7 +78,8 @@ int bigan_kernel_abi(void) { return 2; }
     }                                                                                                               \
                                                                                                                     \
     /* One row along the width, n_in -> n_out samples. With upsampling the row is first laid out zero-inserted and \
-       padded in `scratch` (at least width_scratch() values), so the filter is a sum of shifted slices. */          \
+       padded in `scratch` (2 * span + ntaps values, sized by the caller), so the filter is a sum of shifted      \
+       slices. */                                                                                                   \
     static void width_row_##SUFFIX(const T *xr, T *yr, int64_t n_in, int64_t n_out, int up, int down, int64_t pad0, \
                                    const T *taps, int ntaps, T *scratch)                                            \
     {                                                                                                               \
