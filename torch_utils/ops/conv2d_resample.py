@@ -10,7 +10,7 @@ import math
 import torch
 
 from .. import custom_ops
-from . import conv2d_gradfix
+from . import conv2d_gradfix, winograd_cpu
 from .upfirdn2d import _get_filter_size, _parse_padding, upfirdn2d
 
 
@@ -21,6 +21,9 @@ def _conv2d_wrapper(x, w, stride=1, padding=0, groups=1, transpose=False, flip_w
     if (not transpose and stride == 1 and groups == 1 and w.shape[2] == 1 and w.shape[3] == 1
             and padding in (0, [0, 0]) and custom_ops.cpu_fast_path(x, w) and _small_pointwise(x, w)):
         return pointwise_matmul(x, w)
+    if (not transpose and stride == 1 and padding in (1, [1, 1]) and custom_ops.cpu_fast_path(x, w)
+            and winograd_cpu.usable(x, w, groups)):
+        return winograd_cpu.conv2d(x, w, groups=groups)
     if transpose:
         # Inference only: with gradients, the per-phase convolutions' backward costs more than the transposed one.
         if stride > 1 and custom_ops.cpu_fast_path(x, w, inference_only=True):
