@@ -223,3 +223,22 @@ def test_state_dict_names_at_paper256(key):
     expected = [dict(e, name=e['name'].replace('.toseg.', '.tonir.')) for e in spec['entries']]
     assert _entries(model) == expected
     assert sum(p.numel() for p in model.parameters()) == spec['num_param_scalars']
+
+
+@pytest.mark.parametrize('activation', ['linear', 'lrelu'])
+def test_dense_layer_scales_the_input_on_the_fast_path(activation, ops_path):
+    """A batch smaller than the output count scales the input by the weight gain instead of the weight on the fast
+    path: the same outputs and gradients as the weight scaled (float64, to rounding), on both paths."""
+    torch.manual_seed(0)
+    layer = networks.FullyConnectedLayer(64, 32, activation=activation, lr_multiplier=0.01, bias_init=0.5).double()
+    x = torch.randn(3, 64, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    w, b = layer.weight * layer.weight_gain, layer.bias * layer.bias_gain
+    want = x @ w.t() + b
+    want = want if activation == 'linear' else torch.nn.functional.leaky_relu(want, 0.2) * 2 ** 0.5
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, layer.weight], g)
+    ref = torch.autograd.grad(want, [x, layer.weight], g)
+    for a, r in zip(got, ref):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
