@@ -6,10 +6,9 @@ the real phase schedule (Gmain every iteration, path-length Greg every 4th, Dmai
 16 iterations hold each once in proportion), with backward passes and optimiser steps, first on the reference ops
 (``torch_utils.custom_ops.reference_ops()``) and then on the default fast path, alternating. The speed-up is the
 median (and range) of the per-round ratios, so machine noise hits both paths alike. Prints a Markdown table and
-writes JSON. ``--conv-floor`` adds one profiled fast run: the time spent inside convolutions, and the speed-up that
-would remain if every other op took no time (reference time over convolution time).
+writes JSON.
 
-    python bench/bench_train.py [--device cpu|cuda] [--configs tiny32,auto64] [--rounds 5] [--iters 16] [--conv-floor]
+    python bench/bench_train.py [--device cpu|cuda] [--configs tiny32,auto64] [--rounds 5] [--iters 16]
 
 One process against several (``--gpus N``) for training and generation: ``bench/bench_scaleout.py``.
 """
@@ -88,19 +87,6 @@ def build(args, tmp):
     return lambda iters: timed(device, lambda: steps(iters))[0], dict(cfg=cfg, resolution=res, batch=batch)
 
 
-def conv_time(run, iters):
-    """Seconds the fast path spends inside convolution ops (forward and backward, oneDNN's or PyTorch's own) over
-    ``iters`` iterations, from one profiled run: the part of the step no change to the other ops can shorten."""
-    import torch
-
-    from torch_utils import custom_ops
-    cpu = [torch.profiler.ProfilerActivity.CPU]
-    with custom_ops.reference_ops(False), torch.profiler.profile(activities=cpu) as prof:
-        run(iters)
-    return sum(e.self_cpu_time_total for e in prof.key_averages()
-               if e.key.startswith('aten::') and 'conv' in e.key) / 1e6
-
-
 def worker(args):
     sys.path.insert(0, REPO)
     import torch
@@ -118,19 +104,14 @@ def worker(args):
                 with custom_ops.reference_ops(ref):
                     times[name] = run(args.iters)
             rounds.append(times)
-        conv_seconds = conv_time(run, args.iters) if args.conv_floor else None
     batch = info['batch']
     ratios = sorted(r['reference'] / r['fast'] for r in rounds)
     sec_per_kimg = {k: statistics.median(r[k] for r in rounds) / (args.iters * batch) * 1000
                     for k in ('reference', 'fast')}
     peak = peak_memory(torch.device(args.device))
-    floor = None
-    if conv_seconds is not None:  # the speed-up if everything but the convolutions took no time at all
-        floor = dict(conv_seconds=conv_seconds, conv_share=conv_seconds / statistics.median(r['fast'] for r in rounds),
-                     speedup_bound=statistics.median(r['reference'] for r in rounds) / conv_seconds)
     print(json.dumps(dict(config=args.worker, **info, device=args.device, rounds=rounds, ratios=ratios,
                           speedup_median=statistics.median(ratios), sec_per_kimg=sec_per_kimg, peak_bytes=peak,
-                          threads=torch.get_num_threads(), conv_floor=floor)))
+                          threads=torch.get_num_threads())))
 
 
 def main():
@@ -139,8 +120,6 @@ def main():
     parser.add_argument('--configs', default='tiny32,auto64', help=f'comma list of {", ".join(CONFIGS)}')
     parser.add_argument('--rounds', type=int, default=5, help='interleaved rounds (reference, then fast)')
     parser.add_argument('--iters', type=int, default=16, help='training iterations per path and round')
-    parser.add_argument('--conv-floor', action='store_true',
-                        help='also profile one fast run: the time inside convolutions and the speed-up bound it sets')
     parser.add_argument('--out', default=os.path.join(REPO, 'bench', 'results', 'bench_train.json'))
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -153,7 +132,7 @@ def main():
         if name not in CONFIGS:
             sys.exit(f'unknown config {name!r}; choose from {", ".join(CONFIGS)}')
         cmd = [sys.executable, __file__, '--device', args.device, '--rounds', str(args.rounds), '--iters',
-               str(args.iters), '--worker', name] + (['--conv-floor'] if args.conv_floor else [])
+               str(args.iters), '--worker', name]
         rows.append(run_worker(cmd, name))
 
     print(f'\nDual-branch StyleGAN2 training step, device {args.device}, {rows[0]["threads"]} threads, '
@@ -166,15 +145,6 @@ def main():
               f'{r["sec_per_kimg"]["reference"]:.1f} | {r["sec_per_kimg"]["fast"]:.1f} | '
               f'{r["speedup_median"]:.2f}x | {r["ratios"][0]:.2f}-{r["ratios"][-1]:.2f} | '
               f'{r["peak_bytes"] / 2**20:.0f} MiB |')
-    floors = [r for r in rows if r.get('conv_floor')]
-    if floors:
-        print('\nConvolutions: the fast path runs them as oneDNN does, so only the other ops can get shorter:\n')
-        print('| config | time in convolutions per round | share of the fast step | speed-up bound |')
-        print('|---|---:|---:|---:|')
-        for r in floors:
-            f = r['conv_floor']
-            print(f'| {r["config"]} | {f["conv_seconds"]:.2f} s | {100 * f["conv_share"]:.0f} % | '
-                  f'{f["speedup_bound"]:.2f}x |')
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(dict(device=args.device, rows=rows), f, indent=2)

@@ -276,6 +276,54 @@ def test_small_1x1_convolutions_run_as_a_matrix_product_to_second_order(monkeypa
     assert calls == [x.shape]
 
 
+@pytest.mark.parametrize('weight_grad', [True, False])
+def test_large_strided_convolutions_take_the_phase_function_to_second_order(weight_grad, monkeypatch):
+    """A strided convolution with a gradient and an output of at least STRIDED_FUNCTION_MIN_PIXELS runs through
+    conv2d_gradfix's Function on the fast path, its input gradient by output phases: the same values, first and
+    second order, as F.conv2d (float64); the weight gradient is left out inside no_weight_gradients()."""
+    monkeypatch.setattr(conv2d_gradfix, 'STRIDED_FUNCTION_MIN_PIXELS', 9)  # small shapes for gradcheck
+    # 7 rows come back exactly from 3 outputs, 8 columns need an output padding of one
+    x = _rand(2, 3, 7, 8, seed=34).requires_grad_()
+    w = _rand(4, 3, 3, 3, seed=35).requires_grad_(weight_grad)
+    phases = []
+    real = conv2d_resample.conv_transpose2d_polyphase
+    monkeypatch.setattr(conv2d_resample, 'conv_transpose2d_polyphase',
+                        lambda *a, **k: phases.append(1) or real(*a, **k))
+    y = conv2d_gradfix.conv2d(x, w, stride=2)
+    assert type(y.grad_fn).__name__ == 'Conv2dBackward'  # the Function, not ConvolutionBackward0
+    g = _rand(*y.shape, seed=36)
+    inputs = [x, w] if weight_grad else [x]
+    got = torch.autograd.grad(y, inputs, g)
+    want = torch.autograd.grad(F.conv2d(x, w, stride=2), inputs, g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert phases, 'the input gradient did not run by phases'
+    fn = lambda a, b: conv2d_gradfix.conv2d(a, b, stride=2)  # noqa: E731
+    assert gradcheck(fn, (x, w))
+    assert gradgradcheck(fn, (x, w))
+    with conv2d_gradfix.no_weight_gradients():
+        dx, = torch.autograd.grad(conv2d_gradfix.conv2d(x, w, stride=2), [x], g)
+    torch.testing.assert_close(dx, want[0], rtol=1e-12, atol=1e-12)
+    # small outputs, no gradient, and the reference ops go straight to F.conv2d
+    monkeypatch.setattr(conv2d_gradfix, 'STRIDED_FUNCTION_MIN_PIXELS', 32 * 32)
+    assert type(conv2d_gradfix.conv2d(x, w, stride=2).grad_fn).__name__ == 'ConvolutionBackward0'
+    with torch.no_grad():
+        assert conv2d_gradfix.conv2d(x, w, stride=2).grad_fn is None
+    with custom_ops.reference_ops():
+        assert type(conv2d_gradfix.conv2d(x, w, stride=2).grad_fn).__name__ == 'ConvolutionBackward0'
+
+
+@pytest.mark.parametrize('padding,output_padding', [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1)])
+def test_transposed_function_by_phases_matches_conv_transpose2d(padding, output_padding):
+    x = _rand(2, 4, 5, 6, seed=37).requires_grad_()
+    w = _rand(4, 3, 3, 3, seed=38).requires_grad_()
+    fn = conv2d_gradfix._conv_function(True, w.shape, 2, padding, output_padding, 1, 1)
+    got = fn.apply(x, w, None)
+    want = F.conv_transpose2d(x, w, stride=2, padding=padding, output_padding=output_padding)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert gradgradcheck(lambda a, b: fn.apply(a, b, None), (x, w))
+
+
 # ------------------------------------------------------------------------------------------- modulated conv
 
 @pytest.mark.parametrize('up,demodulate,fused,noise', [(1, True, True, True), (1, True, False, False),

@@ -8,7 +8,10 @@ happens when ``enabled`` is True (the training loop sets it); otherwise the call
 
 On the CPU fast path (``custom_ops.cpu_fast_path``) the calls go straight to ``torch.nn.functional`` as well: there
 the Python Function costs more than it saves, and ``torch.autograd.grad(..., inputs=...)``, which the regularisers
-use, already leaves out the weight gradients nobody asked for.
+use, already leaves out the weight gradients nobody asked for. The exception is a large strided convolution that
+needs a gradient (the discriminator's downsampling at 64 pixels): oneDNN's strided input gradient, like PyTorch's
+transposed convolution, takes about 1.5 times the forward convolution's time on the CPU there, so the Function's
+transposed direction runs as one dense convolution per output phase (``conv2d_resample.conv_transpose2d_polyphase``).
 """
 
 import contextlib
@@ -35,14 +38,31 @@ def no_weight_gradients(disable=True):
         weight_gradients_disabled = old
 
 
+#: On the CPU fast path, a strided convolution with a gradient whose output has at least this many pixels takes
+#: the Function (its input gradient by phases); on smaller maps oneDNN's own is as fast (measured).
+STRIDED_FUNCTION_MIN_PIXELS = 32 * 32
+
+
+def _use_function(input, weight, stride, transpose=False):
+    """The Function (not ``torch.nn.functional``): in training off the CPU fast path, and on it for a large strided
+    convolution that records a gradient."""
+    if custom_ops.cpu_fast_path(input, weight):
+        if transpose or _pair(stride) == (1, 1) or not torch.is_grad_enabled():
+            return False
+        s = _pair(stride)
+        out_pixels = ((input.shape[2] - weight.shape[2]) // s[0] + 1) * ((input.shape[3] - weight.shape[3]) // s[1] + 1)
+        return out_pixels >= STRIDED_FUNCTION_MIN_PIXELS and (input.requires_grad or weight.requires_grad)
+    return enabled
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    if enabled and not custom_ops.cpu_fast_path(input, weight):
+    if _use_function(input, weight, stride):
         return _conv_function(False, weight.shape, stride, padding, 0, dilation, groups).apply(input, weight, bias)
     return F.conv2d(input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    if enabled and not custom_ops.cpu_fast_path(input, weight):
+    if _use_function(input, weight, stride, transpose=True):
         return _conv_function(True, weight.shape, stride, padding, output_padding, dilation, groups).apply(
             input, weight, bias)
     return F.conv_transpose2d(input, weight, bias, stride=stride, padding=padding, output_padding=output_padding,
@@ -65,6 +85,17 @@ def _conv_function(transpose, weight_shape, stride, padding, output_padding, dil
     kernel = tuple(weight_shape[2:])
 
     def forward_conv(x, w, b=None):
+        if transpose and stride[0] == stride[1] > 1 and dilation == (1, 1) and custom_ops.cpu_fast_path(x, w):
+            from .conv2d_resample import conv_transpose2d_polyphase  # (conv2d_resample imports this module)
+            if output_padding == (0, 0):
+                y = conv_transpose2d_polyphase(x, w, stride=stride[0], padding=padding, groups=groups)
+            else:  # the full output, cropped by the padding and extended by the output padding (zeros past it)
+                y = conv_transpose2d_polyphase(x, w, stride=stride[0], groups=groups)
+                size = [(x.shape[i + 2] - 1) * stride[i] - 2 * padding[i] + kernel[i] + output_padding[i]
+                        for i in range(2)]
+                y = F.pad(y, [-padding[1], size[1] + padding[1] - y.shape[3],
+                              -padding[0], size[0] + padding[0] - y.shape[2]])
+            return y if b is None else y + b.reshape(1, -1, 1, 1)
         if transpose:
             return F.conv_transpose2d(x, w, b, stride=stride, padding=padding, output_padding=output_padding,
                                       groups=groups, dilation=dilation)
