@@ -74,86 +74,65 @@ def _call(name, x, *args):
         raise RuntimeError(f'Winograd kernel {name} rejected its arguments ({tuple(x.shape)})')
 
 
-def _rows_contiguous(x):
-    return x if x.stride(3) == 1 else x.contiguous()
+def _to_tiles(name, x):
+    """A map from x [N, C, H, W] (rows contiguous; other strides read in place) to [16, C, N * T]."""
+    if x.stride(3) != 1:
+        x = x.contiguous()
+    n, c, h, w = x.shape
+    t = x.new_empty([16, c, n * _tiles(h, w)])
+    _call(name, x, x.data_ptr(), t.data_ptr(), n, c, x.stride(0), x.stride(1), x.stride(2), h, w)
+    return t
+
+
+def _from_tiles(name, t, n, h, w):
+    """A map from [16, C, N * T] to [N, C, H, W]."""
+    t = t.contiguous()
+    x = t.new_empty([n, t.shape[1], h, w])
+    _call(name, t, t.data_ptr(), x.data_ptr(), n, t.shape[1], h, w)
+    return x
 
 
 def transform_input(x):
     """x [N, C, H, W] -> V [16, C, N * T]: ``B^T d B`` of every tile's 4x4 input patch (no autograd)."""
-    x = _rows_contiguous(x)
-    n, c, h, w = x.shape
-    v = x.new_empty([16, c, n * _tiles(h, w)])
-    _call('in', x, x.data_ptr(), v.data_ptr(), n, c, x.stride(0), x.stride(1), x.stride(2), h, w)
-    return v
+    return _to_tiles('in', x)
 
 
 def transform_input_adjoint(v, n, h, w):
     """The adjoint of ``transform_input``: V [16, C, N * T] -> x [N, C, H, W] (no autograd)."""
-    v = v.contiguous()
-    x = v.new_empty([n, v.shape[1], h, w])
-    _call('in_t', v, v.data_ptr(), x.data_ptr(), n, v.shape[1], h, w)
-    return x
+    return _from_tiles('in_t', v, n, h, w)
 
 
 def transform_output(m, n, h, w):
     """M [16, O, N * T] -> y [N, O, H, W]: ``A^T m A`` of every tile, cropped (no autograd)."""
-    m = m.contiguous()
-    y = m.new_empty([n, m.shape[1], h, w])
-    _call('out', m, m.data_ptr(), y.data_ptr(), n, m.shape[1], h, w)
-    return y
+    return _from_tiles('out', m, n, h, w)
 
 
 def transform_output_adjoint(y):
     """The adjoint of ``transform_output``: y [N, O, H, W] -> M [16, O, N * T] (no autograd)."""
-    y = _rows_contiguous(y)
-    n, c, h, w = y.shape
-    m = y.new_empty([16, c, n * _tiles(h, w)])
-    _call('out_t', y, y.data_ptr(), m.data_ptr(), n, c, y.stride(0), y.stride(1), y.stride(2), h, w)
-    return m
+    return _to_tiles('out_t', y)
 
 
-class _Input(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.shape = x.shape
-        return transform_input(x)
+class _LinearMap(torch.autograd.Function):
+    """``op(t, *op_args)`` for a linear map whose gradient is ``adjoint(grad, *adjoint_args)``: the backward is the
+    same Function with the roles swapped, so the gradient is differentiable again, to any order."""
 
     @staticmethod
-    def backward(ctx, dv):
-        n, _c, h, w = ctx.shape
-        return _InputAdjoint.apply(dv, n, h, w)
-
-
-class _InputAdjoint(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, v, n, h, w):
-        return transform_input_adjoint(v, n, h, w)
+    def forward(ctx, t, op, op_args, adjoint, adjoint_args):
+        ctx.maps = (adjoint, adjoint_args, op, op_args)
+        return op(t, *op_args)
 
     @staticmethod
-    def backward(ctx, dx):
-        return _Input.apply(dx), None, None, None
+    def backward(ctx, grad):
+        return _LinearMap.apply(grad, *ctx.maps), None, None, None, None
 
 
-class _Output(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, m, n, h, w):
-        return transform_output(m, n, h, w)
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _OutputAdjoint.apply(dy), None, None, None
+def _input(x):
+    n, _c, h, w = x.shape
+    return _LinearMap.apply(x, transform_input, (), transform_input_adjoint, (n, h, w))
 
 
-class _OutputAdjoint(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y):
-        ctx.shape = y.shape
-        return transform_output_adjoint(y)
-
-    @staticmethod
-    def backward(ctx, dm):
-        n, _c, h, w = ctx.shape
-        return _Output.apply(dm, n, h, w)
+def _output(m, n, h, w):
+    return _LinearMap.apply(m, transform_output, (n, h, w), transform_output_adjoint, ())
 
 
 # G of F(2x2, 3x3) (points 0, 1, -1, infinity), and G (x) G, which maps a flattened 3x3 kernel to its 16 points.
@@ -181,10 +160,10 @@ CHUNK_BYTES = 32 << 20
 def _conv(x, w, groups):
     n, c, h, wd = x.shape
     o = w.shape[0]
-    v = _Input.apply(x)
+    v = _input(x)
     m = torch.bmm(transform_weight(w).reshape(16 * groups, o // groups, c // groups),
                   v.reshape(16 * groups, c // groups, v.shape[2]))
-    return _Output.apply(m.reshape(16, o, v.shape[2]), n, h, wd)
+    return _output(m.reshape(16, o, v.shape[2]), n, h, wd)
 
 
 def conv2d(x, w, groups=1):
