@@ -43,26 +43,26 @@ def no_weight_gradients(disable=True):
 STRIDED_FUNCTION_MIN_PIXELS = 32 * 32
 
 
-def _use_function(input, weight, stride, transpose=False):
+def _use_function(input, weight, stride, padding=0, transpose=False):
     """The Function (not ``torch.nn.functional``): in training off the CPU fast path, and on it for a large strided
     convolution that records a gradient."""
-    if custom_ops.cpu_fast_path(input, weight):
-        if transpose or _pair(stride) == (1, 1) or not torch.is_grad_enabled():
-            return False
-        s = _pair(stride)
-        out_pixels = ((input.shape[2] - weight.shape[2]) // s[0] + 1) * ((input.shape[3] - weight.shape[3]) // s[1] + 1)
-        return out_pixels >= STRIDED_FUNCTION_MIN_PIXELS and (input.requires_grad or weight.requires_grad)
-    return enabled
+    if not custom_ops.cpu_fast_path(input, weight):
+        return enabled
+    s, p = _pair(stride), _pair(padding)
+    if transpose or s == (1, 1) or not torch.is_grad_enabled() or not (input.requires_grad or weight.requires_grad):
+        return False
+    out = [(input.shape[i + 2] + 2 * p[i] - weight.shape[i + 2]) // s[i] + 1 for i in range(2)]
+    return out[0] * out[1] >= STRIDED_FUNCTION_MIN_PIXELS
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    if _use_function(input, weight, stride):
+    if _use_function(input, weight, stride, padding):
         return _conv_function(False, weight.shape, stride, padding, 0, dilation, groups).apply(input, weight, bias)
     return F.conv2d(input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    if _use_function(input, weight, stride, transpose=True):
+    if _use_function(input, weight, stride, padding, transpose=True):
         return _conv_function(True, weight.shape, stride, padding, output_padding, dilation, groups).apply(
             input, weight, bias)
     return F.conv_transpose2d(input, weight, bias, stride=stride, padding=padding, output_padding=output_padding,
@@ -87,14 +87,8 @@ def _conv_function(transpose, weight_shape, stride, padding, output_padding, dil
     def forward_conv(x, w, b=None):
         if transpose and stride[0] == stride[1] > 1 and dilation == (1, 1) and custom_ops.cpu_fast_path(x, w):
             from .conv2d_resample import conv_transpose2d_polyphase  # (conv2d_resample imports this module)
-            if output_padding == (0, 0):
-                y = conv_transpose2d_polyphase(x, w, stride=stride[0], padding=padding, groups=groups)
-            else:  # the full output, cropped by the padding and extended by the output padding (zeros past it)
-                y = conv_transpose2d_polyphase(x, w, stride=stride[0], groups=groups)
-                size = [(x.shape[i + 2] - 1) * stride[i] - 2 * padding[i] + kernel[i] + output_padding[i]
-                        for i in range(2)]
-                y = F.pad(y, [-padding[1], size[1] + padding[1] - y.shape[3],
-                              -padding[0], size[0] + padding[0] - y.shape[2]])
+            y = conv_transpose2d_polyphase(x, w, stride=stride[0], padding=padding, groups=groups,
+                                           output_padding=output_padding)
             return y if b is None else y + b.reshape(1, -1, 1, 1)
         if transpose:
             return F.conv_transpose2d(x, w, b, stride=stride, padding=padding, output_padding=output_padding,

@@ -8,6 +8,7 @@ layers run a transposed convolution on the stored weight without flipping it.
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .. import custom_ops
 from . import conv2d_gradfix, winograd_cpu
@@ -18,12 +19,12 @@ def _conv2d_wrapper(x, w, stride=1, padding=0, groups=1, transpose=False, flip_w
     """Plain or transposed convolution; ``flip_weight=False`` flips the kernel (true convolution)."""
     if not flip_weight and (w.shape[2] > 1 or w.shape[3] > 1):
         w = w.flip([2, 3])
-    if (not transpose and stride == 1 and groups == 1 and w.shape[2] == 1 and w.shape[3] == 1
-            and padding in (0, [0, 0]) and custom_ops.cpu_fast_path(x, w) and _small_pointwise(x, w)):
-        return pointwise_matmul(x, w)
-    if (not transpose and stride == 1 and padding in (1, [1, 1]) and custom_ops.cpu_fast_path(x, w)
-            and winograd_cpu.usable(x, w, groups)):
-        return winograd_cpu.conv2d(x, w, groups=groups)
+    if not transpose and stride == 1 and custom_ops.cpu_fast_path(x, w):
+        if (groups == 1 and w.shape[2] == 1 and w.shape[3] == 1 and padding in (0, [0, 0])
+                and _small_pointwise(x, w)):
+            return pointwise_matmul(x, w)
+        if padding in (1, [1, 1]) and winograd_cpu.usable(x, w, groups):
+            return winograd_cpu.conv2d(x, w, groups=groups)
     if transpose:
         # Inference only: with gradients, the per-phase convolutions' backward costs more than the transposed one.
         if stride > 1 and custom_ops.cpu_fast_path(x, w, inference_only=True):
@@ -48,8 +49,9 @@ def pointwise_matmul(x, w):
     return torch.matmul(w.reshape(w.shape[0], c), x.reshape(n, c, h * wd)).reshape(n, w.shape[0], h, wd)
 
 
-def conv_transpose2d_polyphase(x, w, stride, padding=0, groups=1):
-    """``conv_transpose2d(x, w, stride, padding, groups)`` as ordinary convolutions, one per output phase.
+def conv_transpose2d_polyphase(x, w, stride, padding=0, groups=1, output_padding=0):
+    """``conv_transpose2d(x, w, stride, padding, output_padding, groups)`` as ordinary convolutions, one per output
+    phase.
 
     A stride-s transposed convolution writes output phase (py, px) from the kernel taps ``p, p + s, ...`` only, so
     each phase is a small correlation of the input with those taps, flipped; the s * s phase outputs are then
@@ -81,7 +83,11 @@ def conv_transpose2d_polyphase(x, w, stride, padding=0, groups=1):
             y[:, :, h + ny - 1:, py, :, px] = 0
             y[:, :, :, py, wd + nx - 1:, px] = 0
     y = y.reshape(n, groups * c_out_g, my * s, mx * s)
-    return y[:, :, pad_y: len_y - pad_y, pad_x: len_x - pad_x]
+    op_y, op_x = (int(output_padding),) * 2 if isinstance(output_padding, int) else (int(p) for p in output_padding)
+    end_y, end_x = len_y - pad_y + op_y, len_x - pad_x + op_x  # output padding: rows past the full output are zero
+    if end_y > my * s or end_x > mx * s:
+        y = F.pad(y, [0, max(end_x - mx * s, 0), 0, max(end_y - my * s, 0)])
+    return y[:, :, pad_y: end_y, pad_x: end_x]
 
 
 def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight=True, flip_filter=False):
