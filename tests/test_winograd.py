@@ -73,6 +73,21 @@ def test_strided_views_groups_and_parts(monkeypatch):
                                rtol=0, atol=1e-12)
 
 
+def test_parts_are_balanced_and_share_one_weight_transform(monkeypatch):
+    per_image = 16 * 6 * winograd_cpu._tiles(8, 8) * 8
+    parts, transforms = [], []
+    conv, transform = winograd_cpu._conv, winograd_cpu.transform_weight
+    monkeypatch.setattr(winograd_cpu, '_conv', lambda x, u, g: parts.append(x.shape[0]) or conv(x, u, g))
+    monkeypatch.setattr(winograd_cpu, 'transform_weight', lambda w: transforms.append(1) or transform(w))
+    k = _rand(6, 6, 3, 3, seed=30)
+    for n, chunk, want in ((5, 2, [2, 2, 1]), (4, 3, [2, 2]), (4, 4, [4]), (3, 1, [1, 1, 1])):
+        parts.clear(), transforms.clear()
+        monkeypatch.setattr(winograd_cpu, 'CHUNK_BYTES', chunk * per_image)
+        x = _rand(n, 6, 8, 8, seed=31)
+        torch.testing.assert_close(winograd_cpu.conv2d(x, k), F.conv2d(x, k, padding=1), rtol=0, atol=1e-12)
+        assert parts == want and len(transforms) == 1  # never above CHUNK_BYTES, as few parts as that allows
+
+
 def test_threads_do_not_change_the_result():
     x = _rand(2, 64, 32, 32, dtype=torch.float32, seed=9)  # above the kernels' threading threshold
     k = _rand(64, 64, 3, 3, dtype=torch.float32, seed=10) / 24
