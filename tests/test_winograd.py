@@ -8,6 +8,8 @@ the routing in conv2d_resample (which layers take it, the reference ops never), 
 discriminator whose outputs and gradients on the fast path match the reference ops.
 """
 
+import concurrent.futures
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,6 +88,38 @@ def test_parts_are_balanced_and_share_one_weight_transform(monkeypatch):
         x = _rand(n, 6, 8, 8, seed=31)
         torch.testing.assert_close(winograd_cpu.conv2d(x, k), F.conv2d(x, k, padding=1), rtol=0, atol=1e-12)
         assert parts == want and len(transforms) == 1  # never above CHUNK_BYTES, as few parts as that allows
+
+
+def test_results_and_gradients_do_not_share_the_reused_workspace():
+    # Two convolutions of different sizes run forward before either runs backward: the second reuses (and grows)
+    # the workspace the first used, so neither its output nor its gradients may depend on what is left there.
+    x1, x2 = _rand(2, 6, 8, 8, seed=32).requires_grad_(), _rand(3, 6, 12, 10, seed=33).requires_grad_()
+    k = _rand(5, 6, 3, 3, seed=34).requires_grad_()
+    y1 = winograd_cpu.conv2d(x1, k)
+    y2 = winograd_cpu.conv2d(x2, k)
+    g1, g2 = _rand(*y1.shape, seed=35), _rand(*y2.shape, seed=36)
+    grads = torch.autograd.grad((y1 * g1).sum() + (y2 * g2).sum(), (x1, x2, k))
+    x1r, x2r, kr = (t.detach().clone().requires_grad_() for t in (x1, x2, k))
+    y1r, y2r = F.conv2d(x1r, kr, padding=1), F.conv2d(x2r, kr, padding=1)
+    want = torch.autograd.grad((y1r * g1).sum() + (y2r * g2).sum(), (x1r, x2r, kr))
+    torch.testing.assert_close(y1, y1r, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y2, y2r, rtol=0, atol=1e-12)
+    for got, ref in zip(grads, want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-11)
+    buffers = [b.untyped_storage().data_ptr() for b in winograd_cpu._WORKSPACE.buffers.values()]
+    assert buffers and not {t.untyped_storage().data_ptr() for t in (y1, y2, *grads)} & set(buffers)
+
+
+def test_threads_each_have_their_own_workspace():
+    x = [_rand(2, 8, 16, 16, seed=40 + i) for i in range(4)]
+    k = _rand(8, 8, 3, 3, seed=39)
+    want = [F.conv2d(xi, k, padding=1) for xi in x]
+
+    def work(i):
+        return all(torch.allclose(winograd_cpu.conv2d(x[i], k), want[i], rtol=0, atol=1e-12) for _ in range(20))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))
 
 
 def test_threads_do_not_change_the_result():

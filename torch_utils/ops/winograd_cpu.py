@@ -9,7 +9,9 @@ becomes
 where ``wino_in`` cuts x into overlapping 4x4 patches and transforms each (``B^T d B``), the 16 batched products
 over channels are PyTorch's matrix products, and ``wino_out`` transforms back and crops (``A^T m A``). The two maps
 around the products run in ``csrc/winograd_cpu.c``. Every piece is linear and has its adjoint as its autograd
-backward, so gradients of any order flow through the same algorithm (R1 and path length need the second).
+backward, so gradients of any order flow through the same algorithm (R1 and path length need the second). The
+transformed tensors are temporaries in a per-thread workspace that is reused from call to call (at most two parts'
+worth, see ``CHUNK_BYTES``); the backward transforms x again rather than keep its transform.
 
 The result is the convolution's up to rounding: the transforms only add and subtract, and the weight transform
 halves; the error measured against float64 is about twice the direct convolution's (see tests/test_winograd.py).
@@ -19,6 +21,7 @@ It pays where the products dominate: many channels on small maps, which is where
 import ctypes
 import functools
 import os
+import threading
 
 import torch
 
@@ -75,12 +78,13 @@ def _call(name, x, *args):
         raise RuntimeError(f'Winograd kernel {name} rejected its arguments ({tuple(x.shape)})')
 
 
-def _to_tiles(name, x):
-    """A map from x [N, C, H, W] (rows contiguous; other strides read in place) to [16, C, N * T]."""
+def _to_tiles(name, x, out=None):
+    """A map from x [N, C, H, W] (rows contiguous; other strides read in place) to [16, C, N * T] (into ``out``, a
+    contiguous tensor of that shape, if given)."""
     if x.stride(3) != 1:
         x = x.contiguous()
     n, c, h, w = x.shape
-    t = x.new_empty([16, c, n * _tiles(h, w)])
+    t = x.new_empty([16, c, n * _tiles(h, w)]) if out is None else out
     _call(name, x, x.data_ptr(), t.data_ptr(), n, c, x.stride(0), x.stride(1), x.stride(2), h, w)
     return t
 
@@ -136,6 +140,76 @@ def _output(m, n, h, w):
     return _LinearMap.apply(m, transform_output, (n, h, w), transform_output_adjoint, ())
 
 
+class _Workspace(threading.local):
+    """One reusable buffer per role and dtype (per thread) for the forward's temporaries, which nothing keeps."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, role, shape, like):
+        numel = shape[0] * shape[1] * shape[2]
+        buf = self.buffers.get((role, like.dtype))
+        if buf is None or buf.numel() < numel:
+            buf = self.buffers[(role, like.dtype)] = like.new_empty([numel])
+        return buf[:numel].view(shape)
+
+
+_WORKSPACE = _Workspace()
+
+
+class _Part(torch.autograd.Function):
+    """``wino_out(bmm(u, wino_in(x)))``: the convolution of one part with the transformed weight u
+    [16 * groups, O / groups, C / groups].
+
+    The forward's transformed input and products (4x the size of x and of y) live in a reused workspace, and the
+    backward keeps x and transforms it again (a fraction of a millisecond per MiB) instead of keeping the transform.
+    As fresh tensors held until the backward they grew and trimmed glibc's heap by about 100 MiB on every
+    discriminator pass, i.e. 25,000 page faults. The backward is made of differentiable operations, so second-order
+    gradients flow."""
+
+    @staticmethod
+    def forward(ctx, u, x):
+        ctx.save_for_backward(u, x)
+        n, c, h, w = x.shape
+        nt = n * _tiles(h, w)
+        v = _to_tiles('in', x, out=_WORKSPACE.get('v', [16, c, nt], x))
+        m = _WORKSPACE.get('m', [u.shape[0], u.shape[1], nt], x)
+        torch.bmm(u, v.view(u.shape[0], u.shape[2], nt), out=m)
+        return transform_output(m.view(16, -1, nt), n, h, w)
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, x = ctx.saved_tensors
+        if not torch.is_grad_enabled():
+            return _Part.first_order(ctx, u, x, dy)
+        n, c, h, w = x.shape
+        dm = _LinearMap.apply(dy, transform_output_adjoint, (), transform_output, (n, h, w))
+        dm = dm.reshape(u.shape[0], u.shape[1], dm.shape[2])
+        du = dx = None
+        if ctx.needs_input_grad[0]:
+            du = torch.bmm(dm, _input(x).reshape(u.shape[0], u.shape[2], dm.shape[2]).transpose(1, 2))
+        if ctx.needs_input_grad[1]:
+            dv = torch.bmm(u.transpose(1, 2), dm).reshape(16, c, dm.shape[2])
+            dx = _LinearMap.apply(dv, transform_input_adjoint, (n, h, w), transform_input, ())
+        return du, dx
+
+    @staticmethod
+    def first_order(ctx, u, x, dy):
+        """The backward when no graph is built: the same products, its temporaries in the workspace too."""
+        n, c, h, w = x.shape
+        g, nt = u.shape[0], n * _tiles(h, w)
+        dm = _to_tiles('out_t', dy, out=_WORKSPACE.get('m', [16, u.shape[1] * g // 16, nt], x)).view(g, -1, nt)
+        du = dx = None
+        if ctx.needs_input_grad[0]:
+            v = _to_tiles('in', x, out=_WORKSPACE.get('v', [16, c, nt], x))
+            du = torch.bmm(dm, v.view(g, u.shape[2], nt).transpose(1, 2))
+        if ctx.needs_input_grad[1]:
+            dv = _WORKSPACE.get('v', [g, u.shape[2], nt], x)
+            torch.bmm(u.transpose(1, 2), dm, out=dv)
+            dx = transform_input_adjoint(dv.view(16, c, nt), n, h, w)
+        return du, dx
+
+
 # G of F(2x2, 3x3) (points 0, 1, -1, infinity), and G (x) G, which maps a flattened 3x3 kernel to its 16 points.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
@@ -161,11 +235,8 @@ CHUNK_BYTES = 16 << 20
 
 def _conv(x, u, groups):
     """The convolution of x with the transformed weight u [16, O, C / groups], in one part."""
-    n, c, h, wd = x.shape
-    o = u.shape[1]
-    v = _input(x)
-    m = torch.bmm(u.reshape(16 * groups, o // groups, c // groups), v.reshape(16 * groups, c // groups, v.shape[2]))
-    return _output(m.reshape(16, o, v.shape[2]), n, h, wd)
+    c, o = x.shape[1], u.shape[1]
+    return _Part.apply(u.reshape(16 * groups, o // groups, c // groups), x)
 
 
 def _by_groups(x, w, groups, per_image):
