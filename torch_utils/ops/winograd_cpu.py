@@ -136,12 +136,9 @@ def _input(x):
     return _LinearMap.apply(x, transform_input, (), transform_input_adjoint, (n, h, w))
 
 
-def _output(m, n, h, w):
-    return _LinearMap.apply(m, transform_output, (n, h, w), transform_output_adjoint, ())
-
-
 class _Workspace(threading.local):
-    """One reusable buffer per role and dtype (per thread) for the forward's temporaries, which nothing keeps."""
+    """One reusable buffer per role and dtype (per thread) for the temporaries of ``_Part``'s forward and first-order
+    backward, which nothing keeps past the call."""
 
     def __init__(self):
         self.buffers = {}
