@@ -2,7 +2,8 @@
 
 The four tile transforms against their definitions (each adjoint pair through <A x, y> = <x, A^T y>, the input
 transform against B^T d B written out with torch), the convolution against ``F.conv2d`` in float64 to rounding for
-odd and even sizes, groups, strided views and the split into parts, gradients to second order (gradcheck and
+odd and even sizes, groups, strided views and the split into parts (balanced, one weight transform), the reused
+workspace (no result or gradient shares it; one per thread), gradients to second order (gradcheck and
 gradgradcheck), float32 accuracy against a float64 reference (no worse than a few times the direct convolution's),
 the routing in conv2d_resample (which layers take it, the reference ops never), and a 512-channel generator and
 discriminator whose outputs and gradients on the fast path match the reference ops.
