@@ -59,7 +59,7 @@ def conv_transpose2d_polyphase(x, w, stride, padding=0, groups=1, output_padding
     CPU are several times faster than PyTorch's transposed convolution, and it stays differentiable to any order.
     """
     s = int(stride)
-    pad_y, pad_x = (int(padding), int(padding)) if isinstance(padding, int) else (int(p) for p in padding)
+    pad_y, pad_x = conv2d_gradfix._pair(padding)
     n, c_in, h, wd = x.shape
     _, c_out_g, kh, kw = w.shape
     c_in_g = c_in // groups
@@ -83,7 +83,7 @@ def conv_transpose2d_polyphase(x, w, stride, padding=0, groups=1, output_padding
             y[:, :, h + ny - 1:, py, :, px] = 0
             y[:, :, :, py, wd + nx - 1:, px] = 0
     y = y.reshape(n, groups * c_out_g, my * s, mx * s)
-    op_y, op_x = (int(output_padding),) * 2 if isinstance(output_padding, int) else (int(p) for p in output_padding)
+    op_y, op_x = conv2d_gradfix._pair(output_padding)
     end_y, end_x = len_y - pad_y + op_y, len_x - pad_x + op_x  # output padding: rows past the full output are zero
     if end_y > my * s or end_x > mx * s:
         y = F.pad(y, [0, max(end_x - mx * s, 0), 0, max(end_y - my * s, 0)])

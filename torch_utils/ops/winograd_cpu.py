@@ -97,9 +97,9 @@ def _from_tiles(name, t, n, h, w):
     return x
 
 
-def transform_input(x):
+def transform_input(x, out=None):
     """x [N, C, H, W] -> V [16, C, N * T]: ``B^T d B`` of every tile's 4x4 input patch (no autograd)."""
-    return _to_tiles('in', x)
+    return _to_tiles('in', x, out)
 
 
 def transform_input_adjoint(v, n, h, w):
@@ -112,9 +112,9 @@ def transform_output(m, n, h, w):
     return _from_tiles('out', m, n, h, w)
 
 
-def transform_output_adjoint(y):
+def transform_output_adjoint(y, out=None):
     """The adjoint of ``transform_output``: y [N, O, H, W] -> M [16, O, N * T] (no autograd)."""
-    return _to_tiles('out_t', y)
+    return _to_tiles('out_t', y, out)
 
 
 class _LinearMap(torch.autograd.Function):
@@ -131,9 +131,9 @@ class _LinearMap(torch.autograd.Function):
         return _LinearMap.apply(grad, *ctx.maps), None, None, None, None
 
 
-def _input(x):
+def _input(x, out=None):
     n, _c, h, w = x.shape
-    return _LinearMap.apply(x, transform_input, (), transform_input_adjoint, (n, h, w))
+    return _LinearMap.apply(x, transform_input, (out,), transform_input_adjoint, (n, h, w))
 
 
 class _Workspace(threading.local):
@@ -169,7 +169,7 @@ class _Part(torch.autograd.Function):
         ctx.save_for_backward(u, x)
         n, c, h, w = x.shape
         nt = n * _tiles(h, w)
-        v = _to_tiles('in', x, out=_WORKSPACE.get('v', [16, c, nt], x))
+        v = transform_input(x, _WORKSPACE.get('v', [16, c, nt], x))
         m = _WORKSPACE.get('m', [u.shape[0], u.shape[1], nt], x)
         torch.bmm(u, v.view(u.shape[0], u.shape[2], nt), out=m)
         return transform_output(m.view(16, -1, nt), n, h, w)
@@ -177,33 +177,23 @@ class _Part(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         u, x = ctx.saved_tensors
-        if not torch.is_grad_enabled():
-            return _Part.first_order(ctx, u, x, dy)
-        n, c, h, w = x.shape
-        dm = _LinearMap.apply(dy, transform_output_adjoint, (), transform_output, (n, h, w))
-        dm = dm.reshape(u.shape[0], u.shape[1], dm.shape[2])
-        du = dx = None
-        if ctx.needs_input_grad[0]:
-            du = torch.bmm(dm, _input(x).reshape(u.shape[0], u.shape[2], dm.shape[2]).transpose(1, 2))
-        if ctx.needs_input_grad[1]:
-            dv = torch.bmm(u.transpose(1, 2), dm).reshape(16, c, dm.shape[2])
-            dx = _LinearMap.apply(dv, transform_input_adjoint, (n, h, w), transform_input, ())
-        return du, dx
-
-    @staticmethod
-    def first_order(ctx, u, x, dy):
-        """The backward when no graph is built: the same products, its temporaries in the workspace too."""
         n, c, h, w = x.shape
         g, nt = u.shape[0], n * _tiles(h, w)
-        dm = _to_tiles('out_t', dy, out=_WORKSPACE.get('m', [16, u.shape[1] * g // 16, nt], x)).view(g, -1, nt)
+        # Building no graph, the temporaries go in the workspace; building one (second order), they are kept.
+        graph = torch.is_grad_enabled()
+
+        def temporary(role, shape):
+            return None if graph else _WORKSPACE.get(role, shape, x)
+
+        dm = _LinearMap.apply(dy, transform_output_adjoint, (temporary('m', [16, u.shape[1] * g // 16, nt]),),
+                              transform_output, (n, h, w)).view(g, u.shape[1], nt)
         du = dx = None
         if ctx.needs_input_grad[0]:
-            v = _to_tiles('in', x, out=_WORKSPACE.get('v', [16, c, nt], x))
+            v = _input(x, temporary('v', [16, c, nt]))
             du = torch.bmm(dm, v.view(g, u.shape[2], nt).transpose(1, 2))
-        if ctx.needs_input_grad[1]:
-            dv = _WORKSPACE.get('v', [g, u.shape[2], nt], x)
-            torch.bmm(u.transpose(1, 2), dm, out=dv)
-            dx = transform_input_adjoint(dv.view(16, c, nt), n, h, w)
+        if ctx.needs_input_grad[1]:  # (the transform of x above is no longer needed: its buffer is reused)
+            dv = torch.bmm(u.transpose(1, 2), dm, out=temporary('v', [g, u.shape[2], nt]))
+            dx = _LinearMap.apply(dv.view(16, c, nt), transform_input_adjoint, (n, h, w), transform_input, ())
         return du, dx
 
 
